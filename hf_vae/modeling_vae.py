@@ -1,0 +1,450 @@
+"""hf-vae's Variational Autoencoder as a `transformers.PreTrainedModel`.
+
+encoder -> Gaussian posterior q(z|x) = N(mean, exp(logvar)) -> reparameterised z -> decoder -> p(x|z).
+
+This file is copied next to the weights by `save_pretrained`, so that `AutoModel.from_pretrained(...,
+trust_remote_code=True)` works for people who never installed hf-vae: it imports only torch, transformers and
+its sibling `configuration_vae`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_vae import VAEConfig
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+_ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "elu": nn.ELU,
+    "leaky_relu": nn.LeakyReLU,
+    "tanh": nn.Tanh,
+}
+
+
+@dataclass
+class VAEOutput(ModelOutput):
+    """Output of [`VAEModel.forward`]. Losses are in nats per image (sum over pixels, mean over the batch).
+
+    Args:
+        loss: reconstruction_loss + beta * KL (with free bits and the KL warm-up weight, when used).
+        reconstruction_loss: negative log-likelihood of the input under the decoder, -E_q[log p(x|z)].
+        kl_loss: KL(q(z|x) || N(0, I)), the true value (free bits do not change it).
+        logits: decoder output, (B, C, H, W); Bernoulli logits for the Bernoulli likelihood.
+        mean, logvar: the posterior's parameters, (B, latent_dim).
+        latents: the z given to the decoder, (B, latent_dim).
+    """
+
+    loss: torch.FloatTensor | None = None
+    reconstruction_loss: torch.FloatTensor | None = None
+    kl_loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    mean: torch.FloatTensor | None = None
+    logvar: torch.FloatTensor | None = None
+    latents: torch.FloatTensor | None = None
+
+
+@dataclass
+class VAEEncoderOutput(ModelOutput):
+    """Output of [`VAEModel.encode`]: the Gaussian posterior q(z|x), each (B, latent_dim)."""
+
+    mean: torch.FloatTensor | None = None
+    logvar: torch.FloatTensor | None = None
+
+
+@dataclass
+class VAEDecoderOutput(ModelOutput):
+    """Output of [`VAEModel.decode`]: decoder logits and the images they mean (pixel probabilities / means in
+    [0, 1]), each (B, C, H, W)."""
+
+    logits: torch.FloatTensor | None = None
+    images: torch.FloatTensor | None = None
+
+
+def _mlp_block(in_features: int, out_features: int, config: VAEConfig) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Linear(in_features, out_features)]
+    if config.use_batch_norm:
+        layers.append(nn.BatchNorm1d(out_features))
+    layers.append(_ACTIVATIONS[config.activation]())
+    if config.dropout > 0:
+        layers.append(nn.Dropout(config.dropout))
+    return layers
+
+
+class VAEMLPEncoder(nn.Module):
+    """Flattened image (and one-hot label) -> hidden layers -> posterior mean and log-variance."""
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        in_features = config.num_pixels + (config.num_classes or 0)
+        layers: list[nn.Module] = []
+        for width in config.hidden_sizes:
+            layers += _mlp_block(in_features, width, config)
+            in_features = width
+        self.layers = nn.Sequential(*layers)
+        self.fc_mu = nn.Linear(in_features, config.latent_dim)
+        self.fc_logvar = nn.Linear(in_features, config.latent_dim)
+
+    def forward(self, pixel_values: torch.Tensor, condition: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = pixel_values.flatten(1)
+        if condition is not None:
+            hidden = torch.cat([hidden, condition], dim=1)
+        hidden = self.layers(hidden)
+        return self.fc_mu(hidden), self.fc_logvar(hidden)
+
+
+class VAEMLPDecoder(nn.Module):
+    """Latent (and one-hot label) -> the encoder's hidden layers in reverse -> one logit per pixel."""
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        self.output_shape = (config.num_channels, config.image_size, config.image_size)
+        in_features = config.latent_dim + (config.num_classes or 0)
+        layers: list[nn.Module] = []
+        for width in reversed(config.hidden_sizes):
+            layers += _mlp_block(in_features, width, config)
+            in_features = width
+        layers.append(nn.Linear(in_features, config.num_pixels))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, latents: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
+        if condition is not None:
+            latents = torch.cat([latents, condition], dim=1)
+        return self.layers(latents).view(-1, *self.output_shape)
+
+
+_ENCODERS = {"mlp": VAEMLPEncoder}
+_DECODERS = {"mlp": VAEMLPDecoder}
+
+
+class VAEPreTrainedModel(PreTrainedModel):
+    config_class = VAEConfig
+    config: VAEConfig
+    base_model_prefix = "vae"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """PyTorch's own default initialisation (not transformers' normal(0, 0.02)), so that a fresh model starts
+        exactly like the reference tutorial's plain-PyTorch network."""
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                fan_in, _ = nn.init._calculate_fan_in_and_fan_out(module.weight)
+                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+                init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)):
+            if getattr(module, "weight", None) is not None:
+                init.ones_(module.weight)
+                init.zeros_(module.bias)
+            if getattr(module, "running_mean", None) is not None:
+                init.zeros_(module.running_mean)
+                init.ones_(module.running_var)
+                init.zeros_(module.num_batches_tracked)
+
+
+class VAEModel(VAEPreTrainedModel):
+    """A Variational Autoencoder (Kingma & Welling 2013) with a Gaussian posterior and a standard normal prior.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from hf_vae import VAEConfig, VAEModel
+    >>> model = VAEModel(VAEConfig.from_preset("mnist-2d"))
+    >>> out = model(torch.rand(8, 1, 28, 28))
+    >>> out.loss  # nats per image: reconstruction + beta * KL
+    >>> images = model.sample(16, generator=torch.Generator().manual_seed(0))  # (16, 1, 28, 28)
+    ```
+    """
+
+    def __init__(self, config: VAEConfig):
+        super().__init__(config)
+        self.encoder = _ENCODERS[config.architecture](config)
+        self.decoder = _DECODERS[config.architecture](config)
+        self.post_init()
+
+    # ------------------------------------------------------------------ input checks
+    def _prepare_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Check shape and range, accept a flat (B, C*H*W) or channel-less (B, H, W) batch, cast to the model's
+        dtype. Errors name the expected shape, because a silently broadcast batch trains garbage."""
+        config = self.config
+        expected = (config.num_channels, config.image_size, config.image_size)
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}.")
+        if pixel_values.dim() == 2 and pixel_values.shape[1] == config.num_pixels:
+            pixel_values = pixel_values.view(-1, *expected)
+        elif pixel_values.dim() == 3 and config.num_channels == 1 and tuple(pixel_values.shape[1:]) == expected[1:]:
+            pixel_values = pixel_values.unsqueeze(1)
+        if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(
+                f"pixel_values must have shape (batch, {expected[0]}, {expected[1]}, {expected[2]}) "
+                f"(or flat (batch, {config.num_pixels})), got {tuple(pixel_values.shape)}."
+            )
+        if not pixel_values.is_floating_point():
+            raise ValueError(
+                f"pixel_values must be a float tensor with values in [0, 1], got dtype {pixel_values.dtype}; "
+                "scale uint8 images with `images.float() / 255`."
+            )
+        low, high = torch.aminmax(pixel_values.detach())
+        if not (low >= 0 and high <= 1):
+            raise ValueError(
+                f"pixel_values must lie in [0, 1], got values in [{low.item():.4g}, {high.item():.4g}]; "
+                "scale images with `images.float() / 255` (and do not normalise them)."
+            )
+        return pixel_values.to(self.dtype)
+
+    def _condition(self, labels: torch.Tensor | None, batch_size: int) -> torch.Tensor | None:
+        """One-hot label vector for conditional models; None for unconditional ones."""
+        num_classes = self.config.num_classes
+        if num_classes is None:
+            return None
+        if labels is None:
+            raise ValueError(
+                f"This model is conditional (num_classes={num_classes}): pass `labels`, a tensor of "
+                f"{batch_size} class indices in [0, {num_classes})."
+            )
+        labels = torch.as_tensor(labels, device=self.device).long().view(-1)
+        if labels.numel() == 1 and batch_size > 1:
+            labels = labels.expand(batch_size)
+        if labels.shape[0] != batch_size:
+            raise ValueError(f"Got {labels.shape[0]} labels for a batch of {batch_size}.")
+        if labels.min() < 0 or labels.max() >= num_classes:
+            raise ValueError(f"labels must be class indices in [0, {num_classes}), got {labels.tolist()}.")
+        return F.one_hot(labels, num_classes).to(self.dtype)
+
+    # ------------------------------------------------------------------ the distributions
+    def reconstruction_nll(self, logits: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+        """-log p(x|z) per image (nats, summed over pixels), shape (B,). For the Bernoulli likelihood this is the
+        binary cross-entropy of the reference tutorial, computed from logits for numerical stability."""
+        return F.binary_cross_entropy_with_logits(logits, pixel_values, reduction="none").flatten(1).sum(1)
+
+    def logits_to_images(self, logits: torch.Tensor) -> torch.Tensor:
+        """The images a decoder output stands for: pixel probabilities (Bernoulli means) in [0, 1]."""
+        return torch.sigmoid(logits)
+
+    @staticmethod
+    def kl_per_dimension(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """KL(N(mean, exp(logvar)) || N(0, 1)) per latent dimension, (B, latent_dim)."""
+        return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
+
+    @staticmethod
+    def _standard_normal(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None):
+        device = generator.device if generator is not None else like.device
+        return torch.randn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+    # ------------------------------------------------------------------ public API
+    def encode(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> VAEEncoderOutput:
+        """The posterior q(z|x): its mean and log-variance."""
+        pixel_values = self._prepare_pixels(pixel_values)
+        mean, logvar = self.encoder(pixel_values, self._condition(labels, pixel_values.shape[0]))
+        return VAEEncoderOutput(mean=mean, logvar=logvar)
+
+    def decode(self, latents: torch.Tensor, labels: torch.Tensor | None = None) -> VAEDecoderOutput:
+        """Decode latents (B, latent_dim) into logits and images (B, C, H, W)."""
+        if latents.dim() != 2 or latents.shape[1] != self.config.latent_dim:
+            raise ValueError(f"latents must have shape (batch, {self.config.latent_dim}), got {tuple(latents.shape)}.")
+        latents = latents.to(device=self.device, dtype=self.dtype)
+        logits = self.decoder(latents, self._condition(labels, latents.shape[0]))
+        return VAEDecoderOutput(logits=logits, images=self.logits_to_images(logits))
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        return_dict: bool = True,
+        sample_posterior: bool = True,
+        kl_weight: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> VAEOutput | tuple:
+        """Encode, sample z = mean + std * eps, decode, and compute the loss.
+
+        Args:
+            pixel_values: images in [0, 1], (B, C, H, W) (or flat (B, C*H*W)).
+            labels: class indices (B,), required by conditional models.
+            sample_posterior: sample z (the default, as in training and as the reference evaluates); False uses
+                the posterior mean.
+            kl_weight: multiplies beta; the training loop anneals it from 0 to 1 (KL warm-up).
+            generator: for a reproducible posterior sample.
+        """
+        pixel_values = self._prepare_pixels(pixel_values)
+        condition = self._condition(labels, pixel_values.shape[0])
+        mean, logvar = self.encoder(pixel_values, condition)
+        if sample_posterior:
+            latents = mean + torch.exp(0.5 * logvar) * self._standard_normal(mean.shape, mean, generator)
+        else:
+            latents = mean
+        logits = self.decoder(latents, condition)
+
+        batch_size = pixel_values.shape[0]
+        reconstruction_loss = F.binary_cross_entropy_with_logits(logits, pixel_values, reduction="sum") / batch_size
+        kl = self.kl_per_dimension(mean, logvar)
+        kl_loss = kl.sum() / batch_size
+        kl_term = kl_loss
+        if self.training and self.config.free_bits > 0:
+            kl_term = kl.mean(0).clamp(min=self.config.free_bits).sum()
+        loss = reconstruction_loss + self.config.beta * kl_weight * kl_term
+
+        output = VAEOutput(
+            loss=loss,
+            reconstruction_loss=reconstruction_loss,
+            kl_loss=kl_loss,
+            logits=logits,
+            mean=mean,
+            logvar=logvar,
+            latents=latents,
+        )
+        return output if return_dict else output.to_tuple()
+
+    @torch.no_grad()
+    def sample(
+        self,
+        num_samples: int,
+        generator: torch.Generator | None = None,
+        labels: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        """Images (num_samples, C, H, W) decoded from z ~ N(0, I). Conditional models take `labels` (one class for
+        all samples, or one per sample)."""
+        latents = self._standard_normal((num_samples, self.config.latent_dim), self._param_like(), generator)
+        return self.decode(latents, labels=labels).images
+
+    @torch.no_grad()
+    def reconstruct(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode each image's posterior mean: the deterministic reconstruction, (B, C, H, W)."""
+        return self.decode(self.encode(pixel_values, labels).mean, labels).images
+
+    @torch.no_grad()
+    def interpolate(
+        self,
+        start: torch.Tensor,
+        end: torch.Tensor,
+        steps: int = 8,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Walk the latent space in a straight line from `start`'s posterior mean to `end`'s.
+
+        `start` and `end` are images (C, H, W) or batches (B, C, H, W); returns (steps, C, H, W) or
+        (B, steps, C, H, W), the first and last steps being the two reconstructions.
+        """
+        if steps < 2:
+            raise ValueError(f"steps must be at least 2 (the two end points), got {steps}.")
+        single = start.dim() == 3
+        if single:
+            start, end = start.unsqueeze(0), end.unsqueeze(0)
+        z_start = self.encode(start, labels).mean
+        z_end = self.encode(end, labels).mean
+        weights = torch.linspace(0, 1, steps, device=z_start.device, dtype=z_start.dtype).view(1, steps, 1)
+        path = torch.lerp(z_start.unsqueeze(1), z_end.unsqueeze(1), weights)  # (B, steps, D)
+        batch = path.shape[0]
+        path_labels = None
+        if labels is not None:
+            path_labels = torch.as_tensor(labels, device=self.device).view(-1).expand(batch).repeat_interleave(steps)
+        images = self.decode(path.reshape(batch * steps, -1), path_labels).images
+        images = images.view(batch, steps, *images.shape[1:])
+        return images[0] if single else images
+
+    # ------------------------------------------------------------------ likelihood estimates
+    @torch.no_grad()
+    def _log_weights(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None,
+        num_samples: int,
+        generator: torch.Generator | None,
+        max_batch_elements: int,
+        importance: bool,
+    ) -> torch.Tensor:
+        """(num_samples, B) log importance weights log p(x,z) - log q(z|x) (importance=True) or
+        log p(x|z) - KL (importance=False, whose mean over samples is the ELBO), computed in chunks of samples
+        so that at most `max_batch_elements` decoded pixels are held at once."""
+        pixel_values = self._prepare_pixels(pixel_values)
+        batch = pixel_values.shape[0]
+        condition = self._condition(labels, batch)
+        mean, logvar = self.encoder(pixel_values, condition)
+        std = torch.exp(0.5 * logvar)
+        kl = self.kl_per_dimension(mean, logvar).sum(1)
+        chunk = max(1, min(num_samples, max_batch_elements // max(1, batch * self.config.num_pixels)))
+        log_weights = []
+        for first in range(0, num_samples, chunk):
+            count = min(chunk, num_samples - first)
+            eps = self._standard_normal((count, batch, self.config.latent_dim), mean, generator)
+            latents = mean + std * eps  # (count, B, D)
+            flat_condition = None if condition is None else condition.repeat(count, 1)
+            logits = self.decoder(latents.reshape(count * batch, -1), flat_condition)
+            targets = pixel_values.expand(count, *pixel_values.shape).reshape(count * batch, *pixel_values.shape[1:])
+            log_px_z = -self.reconstruction_nll(logits, targets).view(count, batch)
+            if importance:
+                log_pz = -0.5 * (latents.pow(2) + _LOG_2PI).sum(-1)
+                log_qz = -0.5 * (eps.pow(2) + _LOG_2PI + logvar).sum(-1)
+                log_weights.append(log_px_z + log_pz - log_qz)
+            else:
+                log_weights.append(log_px_z - kl)
+        return torch.cat(log_weights, dim=0)
+
+    @torch.no_grad()
+    def log_likelihood(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        num_samples: int = 1000,
+        generator: torch.Generator | None = None,
+        max_batch_elements: int = 2**25,
+    ) -> torch.Tensor:
+        """Importance-weighted estimate of log p(x) per image in nats (Burda et al. 2015), shape (B,):
+        log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q(z|x). A lower bound that tightens as K grows; K=1 is the
+        ELBO. Call in eval mode so that BatchNorm and dropout are deterministic."""
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
+        log_w = self._log_weights(pixel_values, labels, num_samples, generator, max_batch_elements, True)
+        return torch.logsumexp(log_w.double(), dim=0) - math.log(num_samples)
+
+    @torch.no_grad()
+    def negative_elbo(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        num_samples: int = 1,
+        generator: torch.Generator | None = None,
+        max_batch_elements: int = 2**25,
+    ) -> torch.Tensor:
+        """-ELBO per image in nats, (B,): -E_q[log p(x|z)] (averaged over `num_samples` draws) + KL (exact)."""
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
+        log_w = self._log_weights(pixel_values, labels, num_samples, generator, max_batch_elements, False)
+        return -log_w.double().mean(0)
+
+    @torch.no_grad()
+    def anomaly_score(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        method: str = "elbo",
+        num_samples: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Per-image anomaly score (higher = less like the training data), in nats: the negative ELBO
+        (`method="elbo"`, averaged over `num_samples` draws, default 16) or the IWAE estimate of -log p(x)
+        (`method="iwae"`, default 1000 samples)."""
+        if method == "elbo":
+            return self.negative_elbo(pixel_values, labels, num_samples or 16, generator)
+        if method == "iwae":
+            return -self.log_likelihood(pixel_values, labels, num_samples or 1000, generator)
+        raise ValueError(f"method must be 'elbo' or 'iwae', got {method!r}.")
+
+    def _param_like(self) -> torch.Tensor:
+        return next(self.parameters())
+
+
+__all__ = ["VAEModel", "VAEPreTrainedModel", "VAEOutput", "VAEEncoderOutput", "VAEDecoderOutput"]

@@ -34,6 +34,7 @@ from huggingface_hub.errors import (
     HfHubHTTPError,
     HFValidationError,
     LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
     RemoteEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
@@ -197,10 +198,15 @@ def resolve_source(
         raise ConversionError(
             f"Cannot download {where}: the repo has no such file; pass the right --filename."
         ) from None
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+    except (LocalEntryNotFoundError, HfHubHTTPError) as error:
+        if isinstance(error.__cause__, OfflineModeIsEnabled):
+            reason = "offline mode is on (HF_HUB_OFFLINE) and the file is not in the local cache"
+        elif isinstance(error, LocalEntryNotFoundError):
+            reason = "the Hub is unreachable and the file is not in the local cache"
+        else:
+            reason = f"the Hub answered with an error ({error})"
         raise ConversionError(
-            f"Cannot download {where}: the Hub is unreachable and the file is not in the local cache ({error}). "
-            "Download the file yourself and pass its local path as SOURCE: "
+            f"Cannot download {where}: {reason}. Download the file yourself and pass its local path as SOURCE: "
             f"`hf-vae convert path/to/{Path(filename).name} --output_dir ...`."
         ) from None
     return Path(local), {"kind": "hub", "repo_id": source, "filename": filename, "revision": revision or "main"}

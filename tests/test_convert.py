@@ -167,7 +167,7 @@ def test_offline_hub_says_to_download_the_file(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     assert main(["someone/tutorial-vae-not-cached", "--output_dir", str(tmp_path / "out")]) == 1
     error = capsys.readouterr().err
-    assert "Hub is unreachable" in error and "pass its local path" in error
+    assert "offline mode is on" in error and "pass its local path as SOURCE" in error
     assert not (tmp_path / "out").exists()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from dataclasses import field
 from typing import Any
 
@@ -148,6 +149,22 @@ class VAEConfig(PretrainedConfig):
             raise ValueError(
                 f"`num_classes` must be None (unconditional) or an integer >= 2, got {self.num_classes!r}."
             )
+
+    @classmethod
+    def get_config_dict(
+        cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """As in transformers, but a folder or repo without `config.json` is an error: transformers would fall back
+        to the default config and could load the weights into a network that merely has the same shapes (wrong
+        beta, binarisation, ...)."""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if not config_dict:
+            raise OSError(
+                f"{pretrained_model_name_or_path!s} has no config.json, so the VAE's architecture is unknown. Load a "
+                "folder written by `save_pretrained` (it writes config.json next to model.safetensors), or pass the "
+                "config explicitly: `VAEModel.from_pretrained(path, config=VAEConfig(...))`."
+            )
+        return config_dict, kwargs
 
     @property
     def num_pixels(self) -> int:

@@ -9,11 +9,16 @@ its sibling `configuration_vae`.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -31,6 +36,26 @@ _ACTIVATIONS = {
     "leaky_relu": nn.LeakyReLU,
     "tanh": nn.Tanh,
 }
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _in_eval_mode(method: _Method) -> _Method:
+    """Run a model method with every module in eval mode, then restore each module's own mode: sampling,
+    reconstructions and likelihood estimates must neither depend on dropout nor update BatchNorm's running
+    statistics, and must work for a single image (BatchNorm in training mode rejects a batch of one)."""
+
+    @functools.wraps(method)
+    def wrapper(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        modes = [(module, module.training) for module in self.modules()]
+        self.eval()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            for module, training in modes:
+                module.training = training
+
+    return wrapper
 
 
 @dataclass
@@ -77,8 +102,9 @@ def _mlp_block(in_features: int, out_features: int, config: VAEConfig) -> list[n
     if config.use_batch_norm:
         layers.append(nn.BatchNorm1d(out_features))
     layers.append(_ACTIVATIONS[config.activation]())
-    if config.dropout > 0:
-        layers.append(nn.Dropout(config.dropout))
+    # An Identity stands in for a zero dropout so that weight names do not depend on it: a checkpoint trained with
+    # dropout loads with `dropout=0.0` (and the reverse).
+    layers.append(nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity())
     return layers
 
 
@@ -154,6 +180,43 @@ class VAEPreTrainedModel(PreTrainedModel):
                 init.ones_(module.running_var)
                 init.zeros_(module.num_batches_tracked)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args: Any, **kwargs: Any):
+        """transformers' `from_pretrained`, made strict: weights missing from the checkpoint, unexpected ones or
+        ones of the wrong shape raise a `RuntimeError` that lists them (transformers would re-initialise them at
+        random and only log a report), and a corrupt or truncated safetensors file raises an `OSError` that says
+        so. Pass `ignore_mismatched_sizes=True` to get transformers' lenient behaviour back."""
+        if kwargs.get("ignore_mismatched_sizes"):
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        kwargs["ignore_mismatched_sizes"] = True  # report mismatches below instead of transformers' opaque error
+        try:
+            model, loading_info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+            )
+        except SafetensorError as error:
+            raise OSError(
+                f"The weights of {pretrained_model_name_or_path!s} (model.safetensors) are not a valid safetensors "
+                f"file, probably corrupt or truncated ({error}). Save the model again with `save_pretrained`, or "
+                "download it again with `force_download=True`."
+            ) from error
+        problems = [
+            f"{key}: checkpoint {tuple(checkpoint_shape)}, model {tuple(model_shape)}"
+            for key, checkpoint_shape, model_shape in sorted(loading_info["mismatched_keys"])
+        ]
+        problems += [f"{key}: missing from the checkpoint" for key in sorted(loading_info["missing_keys"])]
+        problems += [f"{key}: in the checkpoint, not in the model" for key in sorted(loading_info["unexpected_keys"])]
+        if problems:
+            raise RuntimeError(
+                f"The weights in {pretrained_model_name_or_path!s} do not fit the architecture its config describes "
+                f"(latent_dim={model.config.latent_dim}, hidden_sizes={model.config.hidden_sizes}, "
+                f"num_classes={model.config.num_classes}, use_batch_norm={model.config.use_batch_norm}):\n  "
+                + "\n  ".join(problems)
+                + "\nWas config.json edited, or a config override passed to `from_pretrained`? Load with the config "
+                "the weights were saved with."
+            )
+        return (model, loading_info) if output_loading_info else model
+
 
 class VAEModel(VAEPreTrainedModel):
     """A Variational Autoencoder (Kingma & Welling 2013) with a Gaussian posterior and a standard normal prior.
@@ -199,6 +262,8 @@ class VAEModel(VAEPreTrainedModel):
                 "scale uint8 images with `images.float() / 255`."
             )
         low, high = torch.aminmax(pixel_values.detach())
+        if torch.isnan(low) or torch.isnan(high):
+            raise ValueError("pixel_values contains NaN; check the data pipeline (pixels must be floats in [0, 1]).")
         if not (low >= 0 and high <= 1):
             raise ValueError(
                 f"pixel_values must lie in [0, 1], got values in [{low.item():.4g}, {high.item():.4g}]; "
@@ -308,6 +373,7 @@ class VAEModel(VAEPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
+    @_in_eval_mode
     @torch.no_grad()
     def sample(
         self,
@@ -320,11 +386,13 @@ class VAEModel(VAEPreTrainedModel):
         latents = self._standard_normal((num_samples, self.config.latent_dim), self._param_like(), generator)
         return self.decode(latents, labels=labels).images
 
+    @_in_eval_mode
     @torch.no_grad()
     def reconstruct(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Decode each image's posterior mean: the deterministic reconstruction, (B, C, H, W)."""
         return self.decode(self.encode(pixel_values, labels).mean, labels).images
 
+    @_in_eval_mode
     @torch.no_grad()
     def interpolate(
         self,
@@ -393,6 +461,7 @@ class VAEModel(VAEPreTrainedModel):
                 log_weights.append(log_px_z - kl)
         return torch.cat(log_weights, dim=0)
 
+    @_in_eval_mode
     @torch.no_grad()
     def log_likelihood(
         self,
@@ -404,12 +473,13 @@ class VAEModel(VAEPreTrainedModel):
     ) -> torch.Tensor:
         """Importance-weighted estimate of log p(x) per image in nats (Burda et al. 2015), shape (B,):
         log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q(z|x). A lower bound that tightens as K grows; K=1 is the
-        ELBO. Call in eval mode so that BatchNorm and dropout are deterministic."""
+        ELBO. Runs in eval mode (BatchNorm running statistics, no dropout) whatever mode the model is in."""
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
         log_w = self._log_weights(pixel_values, labels, num_samples, generator, max_batch_elements, True)
         return torch.logsumexp(log_w.double(), dim=0) - math.log(num_samples)
 
+    @_in_eval_mode
     @torch.no_grad()
     def negative_elbo(
         self,

@@ -150,6 +150,7 @@ class ConvertArguments:
     )
     revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit (default: main)."})
     token: str | None = field(default=None, metadata={"help": "Hub token (default: HF_TOKEN or your saved login)."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Hub cache folder (default: HF_HUB_CACHE)."})
     beta: float | None = field(
         default=None,
         metadata={"help": "KL weight to record for a bare state dict, which does not carry one (default 1.0)."},
@@ -161,12 +162,18 @@ class ConvertArguments:
 
 # ---------------------------------------------------------------------------------------------- the source
 def resolve_source(
-    source: str, filename: str = DEFAULT_FILENAME, revision: str | None = None, token: str | None = None
+    source: str,
+    filename: str = DEFAULT_FILENAME,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    endpoint: str | None = None,
 ) -> tuple[Path, dict[str, str]]:
     """Local path of the checkpoint, and a description of where it came from for the model card.
 
     Like transformers: an existing file is used as is, an existing folder is searched for `filename`, anything
-    else is a Hub repo id fetched with `hf_hub_download` (so the usual cache, token and offline settings hold).
+    else is a Hub repo id fetched with `hf_hub_download` (so the usual cache, token and offline settings hold;
+    `token`, `cache_dir` and `endpoint` are passed on to it).
     """
     path = Path(source).expanduser()
     if path.is_file():
@@ -184,7 +191,9 @@ def resolve_source(
         raise ConversionError(f"{source!r} is neither an existing file or folder nor a valid Hub repo id.") from None
     where = f"{filename!r} in the Hub repo {source!r}" + (f" at revision {revision!r}" if revision else "")
     try:
-        local = hf_hub_download(source, filename, revision=revision, token=token)
+        local = hf_hub_download(
+            source, filename, revision=revision, token=token, cache_dir=cache_dir, endpoint=endpoint
+        )
     except GatedRepoError:
         raise ConversionError(f"Cannot download {where}: the repo is gated; accept its terms on the Hub.") from None
     except RepositoryNotFoundError:
@@ -577,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args, extra = parser.parse_args_into_dataclasses(args=argv)
     try:
-        checkpoint_path, source = resolve_source(extra.source, args.filename, args.revision, args.token)
+        checkpoint_path, source = resolve_source(extra.source, args.filename, args.revision, args.token, args.cache_dir)
         result = convert_checkpoint(
             checkpoint_path, args.output_dir, source=source, beta=args.beta, overwrite=args.overwrite
         )

@@ -443,13 +443,13 @@ def max_differences(tutorial: TutorialVAE, model: VAEModel, num_inputs: int = _N
 def _check_output_dir(output_dir: Path, overwrite: bool, protected: list[Path]) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         raise ConversionError(f"--output_dir {output_dir} exists and is not a folder.")
+    for path in protected:
+        if output_dir.exists() and (path == output_dir or output_dir in path.parents):
+            raise ConversionError(f"--output_dir {output_dir} contains {path}, which converting must not replace.")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
         raise ConversionError(
             f"--output_dir {output_dir} is not empty; pass --overwrite to replace it, or choose another folder."
         )
-    for path in protected:
-        if path == output_dir or output_dir in path.parents:
-            raise ConversionError(f"--output_dir {output_dir} contains {path}, which converting must not delete.")
 
 
 @contextmanager

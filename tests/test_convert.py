@@ -125,6 +125,17 @@ def test_loss_matches_the_tutorial_loss_at_the_posterior_mean(tmp_path, checkpoi
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-3)
 
 
+def test_legacy_torch_save_format_is_read(tmp_path, tutorial):
+    path = tmp_path / "old.pth"
+    torch.save(
+        {"model_state_dict": tutorial.state_dict(), "model_config": DEFAULT_ARGS},
+        path,
+        _use_new_zipfile_serialization=False,
+    )
+    convert_checkpoint(path, tmp_path / "out")
+    assert_same_network(tutorial, VAEModel.from_pretrained(tmp_path / "out"))
+
+
 def test_output_folder_is_a_model_folder_with_a_card(tmp_path, checkpoint):
     result = convert_checkpoint(checkpoint, tmp_path / "out")
     out = tmp_path / "out"
@@ -313,8 +324,9 @@ def test_empty_output_dir_is_used(tmp_path, checkpoint):
 
 
 def test_overwrite_never_deletes_the_source(tmp_path, checkpoint):
-    with pytest.raises(ConversionError, match="must not delete"):
-        convert_checkpoint(checkpoint, tmp_path, overwrite=True)
+    for overwrite in (False, True):
+        with pytest.raises(ConversionError, match="contains .*best_vae_model.pth, which converting must not replace"):
+            convert_checkpoint(checkpoint, tmp_path, overwrite=overwrite)
     assert checkpoint.is_file()
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import huggingface_hub
 import pytest
@@ -342,30 +344,31 @@ def test_check_detects_a_wrong_conversion(tmp_path, checkpoint, tutorial):
 
 
 # ---------------------------------------------------------------------------------------------- from the Hub
-def test_converts_a_checkpoint_from_a_hub_repo(tmp_path, checkpoint, tutorial, monkeypatch):
-    """The tutorial's layout on the Hub: `<repo>/vae_logs_latent2_beta1.0/best_vae_model.pth`, an LFS file,
-    uploaded with the real client to the local Hub-compatible server and fetched with `hf_hub_download`."""
-    hub_server = pytest.importorskip("hub_server")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)  # the test server speaks classic LFS
-    repo_id = f"{hub_server.DEFAULT_USER}/VariationalAutoencoders"
-    with hub_server.run_hub_server() as server:
-        api = huggingface_hub.HfApi(endpoint=server.url, token=hub_server.DEFAULT_TOKEN)
-        api.create_repo(repo_id)
-        api.upload_file(path_or_fileobj=checkpoint, path_in_repo=DEFAULT_FILENAME, repo_id=repo_id)
-        hub = {"token": hub_server.DEFAULT_TOKEN, "cache_dir": tmp_path / "cache", "endpoint": server.url}
+def test_converts_a_checkpoint_from_a_hub_repo(
+    tmp_path, checkpoint, tutorial, hub_server, hub_token, hub_repo_id, hub_env
+):
+    """The tutorial's layout on the Hub (`<repo>/vae_logs_latent2_beta1.0/best_vae_model.pth`, an LFS file),
+    uploaded with the real client to the local Hub-compatible server, converted by the real CLI from its repo id."""
+    api = huggingface_hub.HfApi(endpoint=hub_server, token=hub_token)
+    api.create_repo(hub_repo_id)
+    api.upload_file(path_or_fileobj=checkpoint, path_in_repo=DEFAULT_FILENAME, repo_id=hub_repo_id)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "hf_vae.cli", "convert", hub_repo_id, "--output_dir", str(out)]
+    run = subprocess.run(command, env=hub_env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    sha256 = file_sha256(checkpoint)
+    assert sha256 in run.stdout
+    card = (out / "README.md").read_text()
+    assert f"https://huggingface.co/{hub_repo_id}" in card and DEFAULT_FILENAME in card and sha256 in card
+    assert_same_network(tutorial, VAEModel.from_pretrained(out))
 
-        path, source = resolve_source(repo_id, **hub)
-        result = convert_checkpoint(path, tmp_path / "out", source=source)
-
-        with pytest.raises(ConversionError, match="has no such file; pass the right --filename"):
-            resolve_source(repo_id, filename="vae_logs_latent10_beta4.0/best_vae_model.pth", **hub)
-        with pytest.raises(ConversionError, match="no such repo, or it is private"):
-            resolve_source(f"{hub_server.DEFAULT_USER}/no-such-repo", **hub)
-        with pytest.raises(ConversionError, match="has no revision 'v2'"):
-            resolve_source(repo_id, revision="v2", **hub)
-
-    assert source == {"kind": "hub", "repo_id": repo_id, "filename": DEFAULT_FILENAME, "revision": "main"}
-    assert result.sha256 == file_sha256(checkpoint)
-    card = (tmp_path / "out" / "README.md").read_text()
-    assert f"https://huggingface.co/{repo_id}" in card and result.sha256 in card
-    assert_same_network(tutorial, VAEModel.from_pretrained(tmp_path / "out"))
+    hub = {"token": hub_token, "cache_dir": tmp_path / "cache", "endpoint": hub_server}
+    path, source = resolve_source(hub_repo_id, **hub)
+    assert file_sha256(path) == sha256
+    assert source == {"kind": "hub", "repo_id": hub_repo_id, "filename": DEFAULT_FILENAME, "revision": "main"}
+    with pytest.raises(ConversionError, match="has no such file; pass the right --filename"):
+        resolve_source(hub_repo_id, filename="vae_logs_latent10_beta4.0/best_vae_model.pth", **hub)
+    with pytest.raises(ConversionError, match="no such repo, or it is private"):
+        resolve_source(f"{hub_repo_id}-missing", **hub)
+    with pytest.raises(ConversionError, match="has no revision 'v2'"):
+        resolve_source(hub_repo_id, revision="v2", **hub)

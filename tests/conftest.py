@@ -1,0 +1,54 @@
+"""Shared test fixtures.
+
+Hub-facing tests never reach huggingface.co: they run against the local Hub-compatible server of
+`tests/hub_server.py`, with the unmodified huggingface_hub client.
+
+- `hub_server` (session): the server's endpoint URL, e.g. "http://127.0.0.1:41234". Repos live in memory for the
+  whole session, so give each test its own repo name (`hub_repo_id`).
+- `hub_token`: the token the server accepts for writes (any other token gets a 401).
+- `hub_repo_id`: a fresh "test-user/<name>" repo id, in the namespace that token may write to.
+- `hub_env`: the environment for a subprocess that uses the server (`HF_ENDPOINT`, `HF_TOKEN`, an empty `HF_HOME`
+  under `tmp_path`, `HF_HUB_DISABLE_XET=1`), e.g.
+  `subprocess.run([sys.executable, "-c", "from hf_vae import VAEModel; VAEModel.from_pretrained(...)"], env=hub_env)`.
+
+huggingface_hub reads `HF_ENDPOINT`, `HF_HUB_OFFLINE` and `HF_HUB_DISABLE_XET` once, at import: code that relies on
+them (transformers' `from_pretrained`, `hf-vae` commands) must run in a subprocess with `hub_env`. In this process,
+pass the endpoint explicitly (`HfApi(endpoint=hub_server)`, `hf_hub_download(..., endpoint=hub_server)`). For other
+server behaviours (500 errors, another token) start your own: `with run_hub_server(fail_with=500) as server: ...`.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from hub_server import DEFAULT_TOKEN, DEFAULT_USER, run_hub_server, subprocess_env
+
+# The local server speaks classic LFS, not Xet. Set before anything imports huggingface_hub, which reads it once.
+os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
+
+
+@pytest.fixture(scope="session")
+def hub_server():
+    """Endpoint URL of a local Hub-compatible server, for the whole test session."""
+    with run_hub_server(token=DEFAULT_TOKEN, user=DEFAULT_USER) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def hub_token() -> str:
+    """The write token `hub_server` accepts."""
+    return DEFAULT_TOKEN
+
+
+@pytest.fixture
+def hub_repo_id() -> str:
+    """A repo id no other test uses, in the namespace `hub_token` may write to."""
+    return f"{DEFAULT_USER}/repo-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def hub_env(hub_server, hub_token, tmp_path) -> dict[str, str]:
+    """Environment for a subprocess that talks to `hub_server`, with an empty `HF_HOME` of its own."""
+    return subprocess_env(hub_server, hub_token, tmp_path / "hf_home")

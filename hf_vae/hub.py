@@ -1,0 +1,253 @@
+"""Push a trained model folder to the Hugging Face Hub: `push_to_hub` and the `hf-vae push` command.
+
+One commit carries the folder's files (weights, config, code files for `trust_remote_code`, metrics, evaluation,
+pictures) and a freshly generated `README.md` model card. The card is built in memory and the local folder is never
+written to, whether the push succeeds or fails. Everything goes through `huggingface_hub.HfApi`, so `HF_ENDPOINT`,
+`HF_TOKEN`, `hf auth login`, proxies and the library's own retries behave as everywhere else. The token is only
+handed to `huggingface_hub`: it is never printed, logged, written to a file or put into the card, and a push is
+refused if any file to upload contains it.
+
+Pulling needs nothing from this module: `VAEModel.from_pretrained("user/repo")`, or without hf-vae
+`AutoModel.from_pretrained("user/repo", trust_remote_code=True)`, go through the Hub cache like any transformers model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, get_token
+from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.utils import validate_repo_id
+from transformers import HfArgumentParser
+
+from .model_card import CARD_NAME, build_model_card
+
+try:  # the HTTP client of huggingface_hub 2.x; 1.x used httpx
+    from httpx2 import TransportError
+except ImportError:  # pragma: no cover
+    from httpx import TransportError
+
+logger = logging.getLogger(__name__)
+
+# Training states are large, only useful for resuming, and may hold optimizer state: they stay local.
+EXCLUDED_DIRECTORIES = {"checkpoints", "__pycache__"}
+TEMPORARY_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".lock", ".swp", ".pyc", "~")
+CODE_FILES = ("configuration_vae.py", "modeling_vae.py")
+AUTO_MAP = {"AutoConfig": "configuration_vae.VAEConfig", "AutoModel": "modeling_vae.VAEModel"}
+LOGIN_HINT = "Log in with `hf auth login`, or set the HF_TOKEN environment variable"
+NOTHING_CHANGED = "No commit was made and the local folder is unchanged."
+
+
+class HubPushError(RuntimeError):
+    """A push that could not be done, with a message that says why and what to do."""
+
+
+def _is_uploaded(relative: Path) -> bool:
+    if any(part.startswith(".") for part in relative.parts):
+        return False
+    if any(part in EXCLUDED_DIRECTORIES or part.startswith("checkpoint-") for part in relative.parts[:-1]):
+        return False
+    return relative.as_posix() != CARD_NAME and not relative.name.endswith(TEMPORARY_SUFFIXES)
+
+
+def collect_files(model_dir: str | os.PathLike) -> list[Path]:
+    """The files of `model_dir` that a push uploads, relative to it: everything but `checkpoints/` (and
+    `checkpoint-*/`), hidden and temporary files, caches, and `README.md` (replaced by the generated card)."""
+    root = Path(model_dir)
+    return sorted(
+        path.relative_to(root) for path in root.rglob("*") if path.is_file() and _is_uploaded(path.relative_to(root))
+    )
+
+
+def _contains(path: Path, needle: bytes, chunk_size: int = 1 << 22) -> bool:
+    tail = b""
+    with path.open("rb") as file:
+        while chunk := file.read(chunk_size):
+            if needle in tail + chunk:
+                return True
+            tail = chunk[-(len(needle) - 1) :] if len(needle) > 1 else b""
+    return False
+
+
+def _operations(model_dir: Path, files: list[Path], card: bytes) -> list[CommitOperationAdd]:
+    """The commit: the folder's files, the card, and the code files and `auto_map` that `trust_remote_code` needs
+    (added from the installed package when the folder lacks them, e.g. a folder saved before hf-vae registered its
+    classes)."""
+    operations = []
+    for relative in files:
+        content: str | bytes = str(model_dir / relative)
+        if relative.as_posix() == "config.json":
+            config = json.loads((model_dir / relative).read_text(encoding="utf-8"))
+            if not config.get("auto_map"):
+                content = (json.dumps({**config, "auto_map": AUTO_MAP}, indent=2, sort_keys=True) + "\n").encode()
+        operations.append(CommitOperationAdd(path_in_repo=relative.as_posix(), path_or_fileobj=content))
+    present = {relative.as_posix() for relative in files}
+    package_dir = Path(__file__).resolve().parent
+    for name in CODE_FILES:
+        if name not in present:
+            operations.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(package_dir / name)))
+    operations.append(CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=card))
+    return operations
+
+
+def _refuse_leaked_token(model_dir: Path, files: list[Path], card: bytes, token: str) -> None:
+    needle = token.encode()
+    leaks = [relative.as_posix() for relative in files if _contains(model_dir / relative, needle)]
+    if needle in card:
+        leaks.append(f"{CARD_NAME} (generated from the folder's files)")
+    if leaks:
+        raise HubPushError(
+            f"Refusing to push: your Hugging Face token appears in {', '.join(leaks)}. Remove it from the folder "
+            f"(tokens belong in HF_TOKEN or `hf auth login`, not in files), then push again. {NOTHING_CHANGED}"
+        )
+
+
+def _explain(error: Exception, endpoint: str, repo_id: str) -> HubPushError:
+    """Turn a huggingface_hub / network error into a message that names the cause and the fix."""
+    if isinstance(error, TransportError):
+        return HubPushError(
+            f"Could not reach the Hugging Face Hub at {endpoint} ({type(error).__name__}: {error}). Check your "
+            f"network connection, proxy settings and the HF_ENDPOINT variable, then push again. {NOTHING_CHANGED}"
+        )
+    response = getattr(error, "response", None)
+    status = getattr(response, "status_code", None)
+    detail = (getattr(error, "server_message", None) or str(error).strip().splitlines()[0]).rstrip(". ")
+    if status == 401:
+        return HubPushError(
+            f"The Hub at {endpoint} rejected your token (401 Unauthorized): it is invalid, expired or revoked. "
+            f"{LOGIN_HINT} to a token with write access (https://huggingface.co/settings/tokens). {NOTHING_CHANGED}"
+        )
+    if status == 403:
+        return HubPushError(
+            f"The Hub at {endpoint} does not let your token write to {repo_id} (403 Forbidden: {detail}). "
+            f"{LOGIN_HINT} to a token with write access to that namespace, or push to a repo under your own name. "
+            f"{NOTHING_CHANGED}"
+        )
+    if status is not None:
+        return HubPushError(
+            f"The Hub at {endpoint} answered HTTP {status} while pushing to {repo_id} ({detail}). {NOTHING_CHANGED} "
+            "Try again later."
+        )
+    return HubPushError(f"Pushing to {repo_id} on {endpoint} failed: {detail}. {NOTHING_CHANGED}")
+
+
+def push_to_hub(
+    model_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    create_pr: bool = False,
+    token: str | None = None,
+    endpoint: str | None = None,
+) -> CommitInfo:
+    """Upload a model folder and its generated model card to a Hub model repo, in one commit.
+
+    Args:
+        model_dir: a folder written by `hf-vae train` or `save_pretrained` (`config.json` and `model.safetensors`
+            at least). It is read, never written.
+        repo_id: `"user/name"` or `"org/name"` (a bare name means your own namespace). Created if missing.
+        private: make the repo private when it is created (an existing repo keeps its visibility).
+        revision: the branch to commit to (created from `main` if missing); defaults to `main`.
+        commit_message: defaults to "Upload <name> with hf-vae".
+        create_pr: open a pull request (against `revision`, or `main`) instead of committing to the branch.
+        token: a token with write access; defaults to huggingface_hub's (`HF_TOKEN`, then `hf auth login`).
+        endpoint: the Hub URL; defaults to huggingface_hub's (`HF_ENDPOINT`, then https://huggingface.co).
+
+    Returns:
+        The `huggingface_hub.CommitInfo` (a `str` holding the commit URL, with `.oid`, `.repo_url` and `.pr_url`).
+
+    Raises:
+        ValueError: `model_dir` is not a model folder, or `repo_id` is malformed; nothing was sent.
+        HubPushError: no token, a rejected token, an unreachable Hub or a failed request; no commit was made.
+    """
+    model_dir = Path(model_dir)
+    validate_repo_id(repo_id)
+    card = build_model_card(model_dir, repo_id)  # validates the folder before anything goes over the network
+    files = collect_files(model_dir)
+    token = token or get_token()
+    if not token:
+        raise HubPushError(
+            f"No Hugging Face token found: pushing needs one with write access. {LOGIN_HINT} (create a token at "
+            f"https://huggingface.co/settings/tokens). {NOTHING_CHANGED}"
+        )
+    _refuse_leaked_token(model_dir, files, str(card).encode(), token)
+
+    api = HfApi(endpoint=endpoint, token=token)
+    try:
+        repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
+        if repo_url.repo_id != repo_id:  # a bare name was placed in the user's namespace: say so in the card
+            repo_id = repo_url.repo_id
+            card = build_model_card(model_dir, repo_id)
+        if revision is not None and revision != "main":
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        commit = api.create_commit(
+            repo_id,
+            _operations(model_dir, files, str(card).encode()),
+            commit_message=commit_message or f"Upload {repo_id.split('/')[-1]} with hf-vae",
+            revision=revision,
+            create_pr=create_pr,
+        )
+    except (HfHubHTTPError, TransportError) as error:
+        raise _explain(error, api.endpoint, repo_id) from error
+    logger.info("Pushed %s to %s", model_dir, commit.commit_url)
+    return commit
+
+
+@dataclass
+class PushArguments:
+    """`hf-vae push`: upload a trained model folder, with a generated model card, to a Hub model repo."""
+
+    model_dir: str = field(metadata={"help": "The model folder, as written by `hf-vae train --output_dir`."})
+    repo_id: str = field(metadata={"help": "The Hub repo, `user/name` or `org/name`; created if missing."})
+    private: bool = field(default=False, metadata={"help": "Create the repo as private (if it does not exist)."})
+    revision: str | None = field(
+        default=None, metadata={"help": "Branch to commit to, created from main if missing; unset means main."}
+    )
+    commit_message: str | None = field(default=None, metadata={"help": "The commit message."})
+    create_pr: bool = field(default=False, metadata={"help": "Open a pull request instead of committing directly."})
+    token: str | None = field(
+        default=None,
+        metadata={
+            "help": "A token with write access. Prefer `hf auth login` or HF_TOKEN: a token on the command line is "
+            "visible to other users of the machine and lands in your shell history."
+        },
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = HfArgumentParser(PushArguments)
+    parser.prog = "hf-vae push"
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    try:
+        commit = push_to_hub(
+            args.model_dir,
+            args.repo_id,
+            private=args.private,
+            revision=args.revision,
+            commit_message=args.commit_message,
+            create_pr=args.create_pr,
+            token=args.token,
+        )
+    except (HubPushError, ValueError) as error:
+        print(f"hf-vae push: error: {error}", file=sys.stderr)
+        return 1
+    repo_id = commit.repo_url.repo_id
+    print(f"Pushed {args.model_dir} to {commit.repo_url} (commit {commit.oid[:8]}): {commit.commit_url}")
+    if (Path(args.model_dir) / CARD_NAME).is_file():
+        print(f"The repo's {CARD_NAME} is the generated model card; the folder's own {CARD_NAME} was not uploaded.")
+    if commit.pr_url:
+        print(f"Pull request: {commit.pr_url}")
+    pin = f', revision="{args.revision}"' if args.revision and not args.create_pr else ""
+    print(f'Load it with: VAEModel.from_pretrained("{repo_id}"{pin})')
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

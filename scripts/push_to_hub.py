@@ -1,0 +1,13 @@
+"""Upload a trained model folder, with its generated model card, to the Hugging Face Hub.
+
+The same as `hf-vae push`:
+
+    python scripts/push_to_hub.py --model_dir out/mnist --repo_id your-name/mnist-vae
+"""
+
+import sys
+
+from hf_vae.hub import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -332,6 +332,27 @@ def test_push_to_a_branch_a_pull_request_and_a_private_repo(hub_server, hub_toke
     assert api.list_repo_files(hub_repo_id) == [".gitattributes"]
 
 
+def test_push_adds_the_remote_code_a_folder_lacks(hub_server, hub_token, hub_repo_id, tmp_path):
+    folder = make_model_folder(tmp_path / "model", extras=False)
+    for name in ("configuration_vae.py", "modeling_vae.py"):
+        (folder / name).unlink()
+    config = json.loads((folder / "config.json").read_text())
+    del config["auto_map"]
+    (folder / "config.json").write_text(json.dumps(config))
+    before = folder_state(folder)
+    push_to_hub(folder, hub_repo_id, token=hub_token, endpoint=hub_server)
+    assert folder_state(folder) == before
+    api = HfApi(endpoint=hub_server, token=hub_token)
+    assert {"configuration_vae.py", "modeling_vae.py"} <= set(api.list_repo_files(hub_repo_id))
+    pushed = json.loads(
+        Path(hf_hub_download(hub_repo_id, "config.json", endpoint=hub_server, cache_dir=tmp_path)).read_text()
+    )
+    assert pushed == {
+        **config,
+        "auto_map": {"AutoConfig": "configuration_vae.VAEConfig", "AutoModel": "modeling_vae.VAEModel"},
+    }
+
+
 def test_rejected_token_is_explained_by_the_script(hub_server, hub_repo_id, tmp_path):
     folder = make_model_folder(tmp_path / "model", extras=False)
     before = folder_state(folder)

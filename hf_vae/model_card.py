@@ -290,8 +290,6 @@ def build_model_card(
     evaluation = _read_json(model_dir / "evaluation.json")
     metrics = _read_metrics(model_dir / "metrics.csv")
     dataset_id, dataset_display = _dataset(training_args, evaluation)
-    if dataset_display is None:
-        dataset_id, dataset_display = _dataset(_read_json(model_dir / "train_results.json"), None)
     conditional = config.num_classes is not None
     repo_id = repo_id or model_dir.resolve().name
     model_name = repo_id.split("/")[-1]

@@ -149,7 +149,6 @@ class HubServer:
         self.token, self.user, self.orgs, self.fail_with = token, user, tuple(orgs), fail_with
         self.repos: dict[tuple[str, str], Repo] = {}
         self.lfs_objects: dict[str, bytes] = {}
-        self.requests: list[tuple[str, str, bool]] = []  # (method, path, sent a token): never the token itself
         self.lock = threading.RLock()
         self._counter = 0
         self._httpd = ThreadingHTTPServer((host, port), _Handler)
@@ -341,8 +340,6 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         url = urlsplit(self.path)
         query = {key: values[-1] for key, values in parse_qs(url.query).items()}
-        with self.hub.lock:
-            self.hub.requests.append((method, url.path, "Authorization" in self.headers))
         try:
             authenticated = self._authenticate()
             if self.hub.fail_with is not None:
@@ -356,6 +353,11 @@ class _Handler(BaseHTTPRequestHandler):
                 headers["X-Error-Code"] = error.code
             payload = json.dumps({"error": error.message, **error.payload}).encode()
             self._send(error.status, payload, headers, head=method == "HEAD")
+        except (ValueError, KeyError, TypeError, AttributeError) as error:  # a malformed request body or field
+            message = f"Bad request: {type(error).__name__}: {error}"
+            self._send(
+                400, json.dumps({"error": message}).encode(), {"X-Error-Message": message}, head=method == "HEAD"
+            )
 
     def _authenticate(self) -> bool:
         authorization = self.headers.get("Authorization")

@@ -186,33 +186,56 @@ def _training_summary(rows: list[dict[str, float]]) -> str | None:
     return " ".join(parts)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _evaluation(evaluation: dict | None, latent_dim: int) -> tuple[list[tuple[str, str]], str | None]:
+    """Rows of the results table ("148.61 ± 0.35 nats/image") and the sentence saying how they were measured."""
     if not evaluation:
         return [], None
+    errors = evaluation.get("standard_errors") if isinstance(evaluation.get("standard_errors"), dict) else {}
     rows = []
     for key, label, _, unit in EVALUATION_METRICS:
         value = evaluation.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if key == "iwae_nll" and evaluation.get("iwae_samples"):
+        if _is_number(value):
+            if key == "iwae_nll" and _is_number(evaluation.get("iwae_samples")):
                 label += f" (K = {_number(evaluation['iwae_samples'])})"
-            rows.append((label, f"{_number(value)} {unit}"))
-    active = evaluation.get("active_units")
-    if isinstance(active, (int, float)) and not isinstance(active, bool):
-        rows.append(("Active latent units (posterior-mean variance > 0.01)", f"{_number(active)} of {latent_dim}"))
+            error = f" ± {_number(errors[key])}" if _is_number(errors.get(key)) else ""
+            rows.append((label, f"{_number(value)}{error} {unit}"))
+    if _is_number(evaluation.get("active_units")):
+        rows.append(
+            ("Active latent units (posterior-mean variance > 0.01)", f"{evaluation['active_units']} of {latent_dim}")
+        )
     if not rows:
         return [], None
     where = []
     if evaluation.get("split"):
         where.append(f"the `{evaluation['split']}` split")
-    dataset_id, dataset_display = _dataset(None, evaluation)
+    _, dataset_display = _dataset(None, evaluation)
     if dataset_display:
         where.append(f"of {dataset_display}")
     settings = "Measured with `hf-vae evaluate`" + (f" on {' '.join(where)}" if where else "")
-    if isinstance(evaluation.get("num_images"), int):
+    if _is_number(evaluation.get("num_images")):
         settings += f" ({_number(evaluation['num_images'])} images)"
     if evaluation.get("binarize"):
         settings += f", binarisation `{evaluation['binarize']}`"
+    if errors:
+        settings += "; ± is one standard error over the images"
     return rows, settings + "."
+
+
+def _per_class(evaluation: dict | None) -> list[tuple[str, str, str, str]]:
+    """(class, images, negative ELBO, IWAE NLL) rows from `evaluation.json`'s `per_class` figures."""
+    per_class = evaluation.get("per_class") if evaluation else None
+    if not isinstance(per_class, dict):
+        return []
+    rows = []
+    for label, figures in per_class.items():
+        if isinstance(figures, dict):
+            cells = [figures.get(key) for key in ("count", "negative_elbo", "iwae_nll")]
+            rows.append((str(label), *(_number(cell) if _is_number(cell) else "" for cell in cells)))
+    return rows
 
 
 def _eval_results(evaluation: dict | None, conditional: bool, fallback_dataset: str | None) -> list[EvalResult]:
@@ -225,9 +248,7 @@ def _eval_results(evaluation: dict | None, conditional: bool, fallback_dataset: 
     results = []
     for key, _, metric_name, unit in EVALUATION_METRICS:
         value = evaluation.get(key)
-        if metric_name is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        if not math.isfinite(value):
+        if metric_name is None or not _is_number(value):
             continue
         results.append(
             EvalResult(
@@ -339,6 +360,7 @@ def build_model_card(
         result_tables=result_tables,
         evaluation_rows=evaluation_rows,
         evaluation_settings=evaluation_settings,
+        per_class_rows=_per_class(evaluation),
         pictures=[(file, caption) for file, caption in PICTURES if file in present],
         files=[(file, description) for file, description in FILE_DESCRIPTIONS.items() if file in present],
     )

@@ -46,6 +46,9 @@ EVALUATION = {
     "split": "test",
     "dataset": "ylecun/mnist",
     "num_images": 10000,
+    "model": "/home/someone/private/out",  # a local path: never shown in a public card
+    "standard_errors": {"negative_elbo": 0.3512, "iwae_nll": 0.3398},
+    "per_class": {"0": {"negative_elbo": 120.5, "iwae_nll": 117.25, "count": 980}},
 }
 PICTURES = ("samples.png", "reconstructions.png", "latent_space.png", "training_curves.png")
 # What a push must leave out of the repo.
@@ -266,7 +269,8 @@ def test_card_on_the_hub_parses_and_validates(published, tmp_path):
     text = card.text
     assert f'VAEModel.from_pretrained("{published.repo_id}")' in text
     assert f'AutoModel.from_pretrained("{published.repo_id}", trust_remote_code=True)' in text
-    assert "148.61 nats/image" in text and "(K = 1,000)" in text and "2 of 2" in text
+    assert "148.61 ± 0.3512 nats/image" in text and "(K = 1,000)" in text and "2 of 2" in text
+    assert "| 0 | 980 | 120.50 | 117.25 |" in text and "/home/someone" not in text
     repo_files = set(published.api.list_repo_files(published.repo_id, revision=published.v1_oid))
     linked = set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text))
     assert linked == set(PICTURES) and linked <= repo_files

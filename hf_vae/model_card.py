@@ -48,8 +48,8 @@ FILE_DESCRIPTIONS = {
     "modeling_vae.py": "the model class, for `trust_remote_code=True`",
     "metrics.csv": "one row per training epoch: losses, learning rate, epoch time",
     "training_args.json": "the arguments of the training run",
-    "train_results.json": "final training figures",
-    "eval_results.json": "final validation figures",
+    "train_results.json": "a summary of the training run",
+    "eval_results.json": "the evaluation of the best model at the end of training",
     "evaluation.json": "the results of `hf-vae evaluate`",
     **{file: caption.lower() for file, caption in PICTURES},
 }
@@ -329,8 +329,8 @@ def build_model_card(
     evaluation_rows, evaluation_settings = _evaluation(evaluation, config.latent_dim)
     result_tables = []
     for file, title in (
-        ("train_results.json", "Final training figures"),
-        ("eval_results.json", "Final validation figures"),
+        ("train_results.json", "Training run"),
+        ("eval_results.json", "Evaluation at the end of training"),
     ):
         data = _read_json(model_dir / file)
         if data and (rows := _public_rows(data)):

@@ -2,6 +2,10 @@
 
 encoder -> Gaussian posterior q(z|x) = N(mean, exp(logvar)) -> reparameterised z -> decoder -> p(x|z).
 
+Two network families (`config.architecture`): an MLP over flattened pixels, and a convolutional network (stride-2
+convolutions down, stride-2 transposed convolutions up, optional residual blocks). Two pixel likelihoods
+(`config.likelihood`): Bernoulli, and the discretised logistic of PixelCNN++ for 8-bit photographs.
+
 This file is copied next to the weights by `save_pretrained`, so that `AutoModel.from_pretrained(...,
 trust_remote_code=True)` works for people who never installed hf-vae: it imports only torch, transformers and
 its sibling `configuration_vae`.
@@ -27,6 +31,10 @@ from transformers.utils import ModelOutput
 from .configuration_vae import VAEConfig
 
 _LOG_2PI = math.log(2.0 * math.pi)
+_NUM_LEVELS = 256  # 8-bit pixels: the discretised logistic puts its mass on the levels k / 255
+# Bounds on the discretised logistic's log-scale (in [0, 1] pixel units): e^-8 is about a tenth of a level's width
+# (PixelCNN++'s -7 on its [-1, 1] scale), enough for a near-certain pixel; e^7 is far flatter than uniform.
+_LOG_SCALE_MIN, _LOG_SCALE_MAX = -8.0, 7.0
 
 _ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -66,7 +74,11 @@ class VAEOutput(ModelOutput):
         loss: reconstruction_loss + beta * KL (with free bits and the KL warm-up weight, when used).
         reconstruction_loss: negative log-likelihood of the input under the decoder, -E_q[log p(x|z)].
         kl_loss: KL(q(z|x) || N(0, I)), the true value (free bits do not change it).
-        logits: decoder output, (B, C, H, W); Bernoulli logits for the Bernoulli likelihood.
+        logits: the decoder's raw output, the parameters of p(x|z); pass it to `reconstruction_nll` and
+            `logits_to_images`. For `likelihood="bernoulli"`: Bernoulli logits, (B, C, H, W). For
+            `likelihood="discretized_logistic"`: (B, 2C, H, W), channels [0, C) the logistic's location in pixel
+            units (the images are it clamped to [0, 1]) and channels [C, 2C) its log-scale (clamped to
+            [-8, 7] where used).
         mean, logvar: the posterior's parameters, (B, latent_dim).
         latents: the z given to the decoder, (B, latent_dim).
     """
@@ -90,21 +102,42 @@ class VAEEncoderOutput(ModelOutput):
 
 @dataclass
 class VAEDecoderOutput(ModelOutput):
-    """Output of [`VAEModel.decode`]: decoder logits and the images they mean (pixel probabilities / means in
-    [0, 1]), each (B, C, H, W)."""
+    """Output of [`VAEModel.decode`]: decoder logits (see [`VAEOutput`] for their layout per likelihood) and the
+    images they mean, (B, C, H, W) in [0, 1]: Bernoulli pixel probabilities, or the discretised logistic's
+    location."""
 
     logits: torch.FloatTensor | None = None
     images: torch.FloatTensor | None = None
 
 
-def _mlp_block(in_features: int, out_features: int, config: VAEConfig) -> list[nn.Module]:
-    layers: list[nn.Module] = [nn.Linear(in_features, out_features)]
-    if config.use_batch_norm:
-        layers.append(nn.BatchNorm1d(out_features))
-    layers.append(_ACTIVATIONS[config.activation]())
+def _output_channels(config: VAEConfig) -> int:
+    """Decoder output channels: one parameter per pixel value for Bernoulli, two (location, log-scale) for the
+    discretised logistic."""
+    return config.num_channels * (2 if config.likelihood == "discretized_logistic" else 1)
+
+
+def _normalization(config: VAEConfig, features: int, spatial: bool) -> nn.Module | None:
+    kind = config.resolved_normalization
+    if kind == "batch":
+        return nn.BatchNorm2d(features) if spatial else nn.BatchNorm1d(features)
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(32, features), features)
+    return None
+
+
+def _dropout(config: VAEConfig) -> nn.Module:
     # An Identity stands in for a zero dropout so that weight names do not depend on it: a checkpoint trained with
     # dropout loads with `dropout=0.0` (and the reverse).
-    layers.append(nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity())
+    return nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+
+
+def _mlp_block(in_features: int, out_features: int, config: VAEConfig) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Linear(in_features, out_features)]
+    norm = _normalization(config, out_features, spatial=False)
+    if norm is not None:
+        layers.append(norm)
+    layers.append(_ACTIVATIONS[config.activation]())
+    layers.append(_dropout(config))
     return layers
 
 
@@ -131,17 +164,18 @@ class VAEMLPEncoder(nn.Module):
 
 
 class VAEMLPDecoder(nn.Module):
-    """Latent (and one-hot label) -> the encoder's hidden layers in reverse -> one logit per pixel."""
+    """Latent (and one-hot label) -> the encoder's hidden layers in reverse -> the likelihood's parameters for
+    every pixel."""
 
     def __init__(self, config: VAEConfig):
         super().__init__()
-        self.output_shape = (config.num_channels, config.image_size, config.image_size)
+        self.output_shape = (_output_channels(config), config.image_size, config.image_size)
         in_features = config.latent_dim + (config.num_classes or 0)
         layers: list[nn.Module] = []
         for width in reversed(config.hidden_sizes):
             layers += _mlp_block(in_features, width, config)
             in_features = width
-        layers.append(nn.Linear(in_features, config.num_pixels))
+        layers.append(nn.Linear(in_features, math.prod(self.output_shape)))
         self.layers = nn.Sequential(*layers)
 
     def forward(self, latents: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
@@ -150,8 +184,132 @@ class VAEMLPDecoder(nn.Module):
         return self.layers(latents).view(-1, *self.output_shape)
 
 
-_ENCODERS = {"mlp": VAEMLPEncoder}
-_DECODERS = {"mlp": VAEMLPDecoder}
+def _conv_norm_activation(config: VAEConfig, channels: int) -> list[nn.Module]:
+    # An Identity stands in for no normalisation so that layer indices (weight names) stay the same.
+    return [_normalization(config, channels, spatial=True) or nn.Identity(), _ACTIVATIONS[config.activation]()]
+
+
+class VAEResidualBlock(nn.Module):
+    """Two 3x3 convolutions at constant width and resolution with a skip connection:
+    h -> act(h + norm(conv(dropout(act(norm(conv(h))))))) (He et al. 2016)."""
+
+    def __init__(self, channels: int, config: VAEConfig):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.norm1 = _normalization(config, channels, spatial=True) or nn.Identity()
+        self.activation = _ACTIVATIONS[config.activation]()
+        self.dropout = _dropout(config)
+        self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.norm2 = _normalization(config, channels, spatial=True) or nn.Identity()
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        branch = self.dropout(self.activation(self.norm1(self.conv1(hidden))))
+        return self.activation(hidden + self.norm2(self.conv2(branch)))
+
+
+def _residual_blocks(channels: int, config: VAEConfig) -> list[nn.Module]:
+    return [VAEResidualBlock(channels, config) for _ in range(config.num_res_blocks)]
+
+
+def _smallest_feature_map(config: VAEConfig) -> tuple[int, int, int]:
+    size = config.image_size // 2 ** len(config.conv_channels)
+    return (config.conv_channels[-1], size, size)
+
+
+class VAEConvEncoder(nn.Module):
+    """Image -> one stride-2 4x4 convolution per entry of `conv_channels` (each halving the image, followed by
+    normalisation, activation and `num_res_blocks` residual blocks) -> flatten -> linear posterior mean and
+    log-variance.
+
+    A conditional encoder adds a linear projection of the one-hot label to the first convolution's output: a
+    learned per-class bias for each channel, which equals feeding the label as constant one-hot input planes
+    (but for the zero padding at the border) without building them.
+    """
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        self.downsample = nn.ModuleList()
+        self.blocks = nn.ModuleList()
+        in_channels = config.num_channels
+        for channels in config.conv_channels:
+            self.downsample.append(nn.Conv2d(in_channels, channels, kernel_size=4, stride=2, padding=1))
+            self.blocks.append(
+                nn.Sequential(*_conv_norm_activation(config, channels), *_residual_blocks(channels, config))
+            )
+            in_channels = channels
+        self.label_projection = (
+            nn.Linear(config.num_classes, config.conv_channels[0], bias=False) if config.num_classes else None
+        )
+        features = math.prod(_smallest_feature_map(config))
+        self.fc_mu = nn.Linear(features, config.latent_dim)
+        self.fc_logvar = nn.Linear(features, config.latent_dim)
+
+    def forward(self, pixel_values: torch.Tensor, condition: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = pixel_values
+        for index, (downsample, block) in enumerate(zip(self.downsample, self.blocks, strict=True)):
+            hidden = downsample(hidden)
+            if index == 0 and condition is not None:
+                hidden = hidden + self.label_projection(condition)[:, :, None, None]
+            hidden = block(hidden)
+        hidden = hidden.flatten(1)
+        return self.fc_mu(hidden), self.fc_logvar(hidden)
+
+
+class VAEConvDecoder(nn.Module):
+    """Latent (and one-hot label, concatenated) -> linear to the encoder's smallest feature map -> the encoder's
+    stages in reverse, each a stride-2 4x4 transposed convolution doubling the image (with residual blocks at
+    every resolution the encoder has them) -> 3x3 convolution to the likelihood's parameters for every pixel."""
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        self.start_shape = _smallest_feature_map(config)
+        self.fc = nn.Linear(config.latent_dim + (config.num_classes or 0), math.prod(self.start_shape))
+        deepest = config.conv_channels[-1]
+        self.input_block = nn.Sequential(*_conv_norm_activation(config, deepest), *_residual_blocks(deepest, config))
+        widths = [*reversed(config.conv_channels), config.conv_channels[0]]
+        self.upsample = nn.ModuleList()
+        self.blocks = nn.ModuleList()
+        for stage, (in_channels, channels) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+            last = stage == len(config.conv_channels) - 1
+            self.upsample.append(nn.ConvTranspose2d(in_channels, channels, kernel_size=4, stride=2, padding=1))
+            residual = [] if last else _residual_blocks(channels, config)
+            self.blocks.append(nn.Sequential(*_conv_norm_activation(config, channels), *residual))
+        self.conv_out = nn.Conv2d(config.conv_channels[0], _output_channels(config), kernel_size=3, padding=1)
+
+    def forward(self, latents: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
+        if condition is not None:
+            latents = torch.cat([latents, condition], dim=1)
+        hidden = self.input_block(self.fc(latents).view(-1, *self.start_shape))
+        for upsample, block in zip(self.upsample, self.blocks, strict=True):
+            hidden = block(upsample(hidden))
+        return self.conv_out(hidden)
+
+
+_ENCODERS = {"mlp": VAEMLPEncoder, "conv": VAEConvEncoder}
+_DECODERS = {"mlp": VAEMLPDecoder, "conv": VAEConvDecoder}
+
+
+def discretized_logistic_log_prob(
+    pixel_values: torch.Tensor, location: torch.Tensor, log_scale: torch.Tensor
+) -> torch.Tensor:
+    """Elementwise log P(x) of 8-bit pixel values under a discretised logistic (Salimans et al. 2017).
+
+    Each x in [0, 1] is read as the level k = round(255 x); P(k) is the logistic's mass on the bin
+    [(k - 1/2) / 255, (k + 1/2) / 255], with the bins of 0 and 255 open to -inf and +inf, so the 256 masses sum to
+    exactly 1 and -log P is a true negative log-likelihood in nats. Computed in float32 (at least) with the stable
+    identity sigmoid(a) - sigmoid(b) = sigmoid(a) sigmoid(-b) (1 - e^(b - a)), which needs no fallback for tiny bins.
+    """
+    dtype = torch.promote_types(location.dtype, torch.float32)
+    levels = torch.round(pixel_values.to(dtype) * (_NUM_LEVELS - 1))
+    inverse_scale = torch.exp(-log_scale.to(dtype).clamp(_LOG_SCALE_MIN, _LOG_SCALE_MAX))
+    half_bin = 0.5 / (_NUM_LEVELS - 1)
+    centred = levels / (_NUM_LEVELS - 1) - location.to(dtype)
+    upper = (centred + half_bin) * inverse_scale
+    lower = (centred - half_bin) * inverse_scale
+    log_cdf_upper = F.logsigmoid(upper)
+    log_survival_lower = F.logsigmoid(-lower)
+    log_bin = log_cdf_upper + log_survival_lower + torch.log(-torch.expm1(-2 * half_bin * inverse_scale))
+    return torch.where(levels <= 0, log_cdf_upper, torch.where(levels >= _NUM_LEVELS - 1, log_survival_lower, log_bin))
 
 
 class VAEPreTrainedModel(PreTrainedModel):
@@ -209,13 +367,25 @@ class VAEPreTrainedModel(PreTrainedModel):
         if problems:
             raise RuntimeError(
                 f"The weights in {pretrained_model_name_or_path!s} do not fit the architecture its config describes "
-                f"(latent_dim={model.config.latent_dim}, hidden_sizes={model.config.hidden_sizes}, "
-                f"num_classes={model.config.num_classes}, use_batch_norm={model.config.use_batch_norm}):\n  "
+                f"({_describe_architecture(model.config)}):\n  "
                 + "\n  ".join(problems)
                 + "\nWas config.json edited, or a config override passed to `from_pretrained`? Load with the config "
                 "the weights were saved with."
             )
         return (model, loading_info) if output_loading_info else model
+
+
+def _describe_architecture(config: VAEConfig) -> str:
+    shape = (
+        f"conv_channels={config.conv_channels}, num_res_blocks={config.num_res_blocks}"
+        if config.architecture == "conv"
+        else f"hidden_sizes={config.hidden_sizes}"
+    )
+    return (
+        f"architecture={config.architecture!r}, latent_dim={config.latent_dim}, {shape}, "
+        f"image_size={config.image_size}, num_channels={config.num_channels}, num_classes={config.num_classes}, "
+        f"normalization={config.resolved_normalization!r}, likelihood={config.likelihood!r}"
+    )
 
 
 class VAEModel(VAEPreTrainedModel):
@@ -234,6 +404,8 @@ class VAEModel(VAEPreTrainedModel):
     """
 
     def __init__(self, config: VAEConfig):
+        # Overrides passed to `from_pretrained` are set on the config after its own validation: check again.
+        config._validate_fields()
         super().__init__(config)
         self.encoder = _ENCODERS[config.architecture](config)
         self.decoder = _DECODERS[config.architecture](config)
@@ -292,12 +464,21 @@ class VAEModel(VAEPreTrainedModel):
 
     # ------------------------------------------------------------------ the distributions
     def reconstruction_nll(self, logits: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
-        """-log p(x|z) per image (nats, summed over pixels), shape (B,). For the Bernoulli likelihood this is the
-        binary cross-entropy of the reference tutorial, computed from logits for numerical stability."""
+        """-log p(x|z) per image (nats, summed over pixels), shape (B,), from the decoder output `logits`.
+
+        Bernoulli: the binary cross-entropy of the reference tutorial, computed from logits for numerical
+        stability. Discretised logistic: -log of the probability mass of the image's 8-bit levels (at least float32),
+        so that nll / (C * H * W * ln 2) is in bits per dimension."""
+        if self.config.likelihood == "discretized_logistic":
+            location, log_scale = logits.chunk(2, dim=1)
+            return -discretized_logistic_log_prob(pixel_values, location, log_scale).flatten(1).sum(1)
         return F.binary_cross_entropy_with_logits(logits, pixel_values, reduction="none").flatten(1).sum(1)
 
     def logits_to_images(self, logits: torch.Tensor) -> torch.Tensor:
-        """The images a decoder output stands for: pixel probabilities (Bernoulli means) in [0, 1]."""
+        """The images (B, C, H, W) in [0, 1] a decoder output stands for: pixel probabilities (Bernoulli means), or
+        the discretised logistic's location clamped to [0, 1] (its most likely level, not a random draw)."""
+        if self.config.likelihood == "discretized_logistic":
+            return logits[:, : self.config.num_channels].clamp(0.0, 1.0)
         return torch.sigmoid(logits)
 
     @staticmethod
@@ -354,7 +535,10 @@ class VAEModel(VAEPreTrainedModel):
         logits = self.decoder(latents, condition)
 
         batch_size = pixel_values.shape[0]
-        reconstruction_loss = F.binary_cross_entropy_with_logits(logits, pixel_values, reduction="sum") / batch_size
+        if self.config.likelihood == "bernoulli":
+            reconstruction_loss = F.binary_cross_entropy_with_logits(logits, pixel_values, reduction="sum") / batch_size
+        else:
+            reconstruction_loss = self.reconstruction_nll(logits, pixel_values).sum() / batch_size
         kl = self.kl_per_dimension(mean, logvar)
         kl_loss = kl.sum() / batch_size
         kl_term = kl_loss

@@ -1,0 +1,498 @@
+"""Pictures of a trained VAE: prior samples, reconstructions, the latent space, the learned manifold,
+interpolations and training curves, as PNG files of fixed pixel size.
+
+Figures are drawn on `matplotlib.figure.Figure` objects (Agg rendering, no pyplot global state), so they can be
+written from a training loop or a server without touching the process's matplotlib backend. Images are shown
+as the model sees them: binarised (one seeded Bernoulli draw) for models trained on binarised data.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import logging
+import math
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib import colormaps
+from matplotlib.colors import BoundaryNorm, ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from torchvision.utils import make_grid
+from transformers import HfArgumentParser
+
+from .data import DataError, ImageTensors
+from .evaluation import EvaluationError, evaluation_pixel_values, load_model, load_split
+from .modeling_vae import VAEModel
+
+logger = logging.getLogger(__name__)
+
+FIGURE_DPI = 100
+# Inches; every PNG is exactly FIGURE_SIZES[name] * FIGURE_DPI pixels.
+FIGURE_SIZES: dict[str, tuple[float, float]] = {
+    "samples": (8.0, 8.0),
+    "reconstructions": (10.0, 4.4),
+    "latent_space": (8.0, 7.0),
+    "latent_manifold": (8.0, 8.0),
+    "interpolation": (10.0, 5.8),
+    "training_curves": (11.0, 8.0),
+}
+METRIC_PANELS = (
+    ("Loss: reconstruction + β·KL", "loss"),
+    ("Reconstruction: -E_q[log p(x|z)]", "recon_loss"),
+    ("KL(q(z|x) ‖ p(z))", "kl_loss"),
+)
+_GRID_PADDING = 2
+_MAX_SAMPLE_ROWS = 20
+
+
+def figure_pixel_size(name: str) -> tuple[int, int]:
+    """(width, height) in pixels of the PNG `save_figures` writes for `name`."""
+    width, height = FIGURE_SIZES[name]
+    return round(width * FIGURE_DPI), round(height * FIGURE_DPI)
+
+
+def _figure(name: str) -> Figure:
+    return Figure(figsize=FIGURE_SIZES[name], dpi=FIGURE_DPI, layout="constrained")
+
+
+def _grid(images: torch.Tensor, nrow: int) -> np.ndarray:
+    """Images (N, C, H, W) in [0, 1] tiled `nrow` per row, white between them: (H', W') grey or (H', W', 3)."""
+    grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=_GRID_PADDING, pad_value=1.0)
+    array = grid.permute(1, 2, 0).clamp(0, 1).numpy()
+    return array[..., 0] if images.shape[1] == 1 else array
+
+
+def _cell_centres(count: int, size: int) -> list[float]:
+    """Pixel coordinates of the centres of `count` grid cells of side `size` along one axis of a `_grid`."""
+    return [_GRID_PADDING + index * (size + _GRID_PADDING) + (size - 1) / 2 for index in range(count)]
+
+
+def _show_grid(axes, grid: np.ndarray, title: str) -> None:
+    axes.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    axes.set_title(title)
+    axes.set_xticks([])
+    axes.set_yticks([])
+    for spine in axes.spines.values():
+        spine.set_visible(False)
+
+
+@contextmanager
+def _evaluating(model: VAEModel) -> Iterator[None]:
+    """Eval mode and no autograd for drawing, then every module back in the mode it came in."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _drawing(function: Callable[..., Figure]) -> Callable[..., Figure]:
+    """Draw a model's figure in eval mode without autograd, whatever mode the model is in (see `_evaluating`)."""
+
+    @functools.wraps(function)
+    def wrapper(model: VAEModel, *args: Any, **kwargs: Any) -> Figure:
+        with _evaluating(model):
+            return function(model, *args, **kwargs)
+
+    return wrapper
+
+
+def _encode_means(
+    model: VAEModel, pixel_values: torch.Tensor, labels: torch.Tensor | None, batch_size: int = 1000
+) -> torch.Tensor:
+    means = []
+    for start in range(0, len(pixel_values), batch_size):
+        batch_labels = None if labels is None else labels[start : start + batch_size]
+        means.append(model.encode(pixel_values[start : start + batch_size].to(model.device), batch_labels).mean.cpu())
+    return torch.cat(means)
+
+
+# ---------------------------------------------------------------------------------------------- figures
+@_drawing
+def plot_samples(model: VAEModel, seed: int = 0, per_row: int = 10) -> Figure:
+    """Images decoded from z ~ N(0, I): a per_row x per_row grid, or one row per class for conditional models."""
+    generator = torch.Generator().manual_seed(seed)
+    figure = _figure("samples")
+    axes = figure.add_subplot()
+    num_classes = model.config.num_classes
+    if num_classes is None:
+        images = model.sample(per_row * per_row, generator=generator)
+        _show_grid(axes, _grid(images, per_row), "Samples from the prior: decoder means at z ~ N(0, I)")
+        return figure
+    classes = list(range(min(num_classes, _MAX_SAMPLE_ROWS)))
+    images = torch.cat([model.sample(per_row, generator=generator, labels=label) for label in classes])
+    shown = "" if len(classes) == num_classes else f" (first {len(classes)} of {num_classes} classes)"
+    _show_grid(axes, _grid(images, per_row), f"Samples from the prior, one row per class{shown}")
+    axes.set_yticks(_cell_centres(len(classes), model.config.image_size), [str(label) for label in classes])
+    axes.set_ylabel("class")
+    return figure
+
+
+@_drawing
+def plot_reconstructions(
+    model: VAEModel,
+    pixel_values: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    per_row: int = 10,
+    blocks: int = 2,
+    title: str = "Images and their reconstructions (decoder means at the posterior mean)",
+) -> Figure:
+    """The first images above their reconstructions (the decoder's mean at the posterior mean)."""
+    count = min(len(pixel_values), per_row * blocks)
+    originals = pixel_values[:count]
+    reconstructions = model.reconstruct(originals.to(model.device), None if labels is None else labels[:count]).cpu()
+    rows, names = [], []
+    for start in range(0, count, per_row):
+        rows += [originals[start : start + per_row], reconstructions[start : start + per_row]]
+        names += ["original", "reconstruction"]
+    width = min(count, per_row)
+    rows = [torch.cat([row, torch.ones(width - len(row), *row.shape[1:])]) for row in rows]  # pad a short last row
+    figure = _figure("reconstructions")
+    axes = figure.add_subplot()
+    _show_grid(axes, _grid(torch.cat(rows), width), title)
+    axes.set_yticks(_cell_centres(len(rows), model.config.image_size), names)
+    return figure
+
+
+def _pca(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Projection on the first two principal components and the fraction of variance each explains."""
+    centred = points - points.mean(0)
+    _, singular_values, right = torch.linalg.svd(centred, full_matrices=False)
+    explained = singular_values.pow(2) / singular_values.pow(2).sum()
+    return centred @ right[:2].T, explained[:2]
+
+
+@_drawing
+def plot_latent_space(
+    model: VAEModel,
+    pixel_values: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    seed: int = 0,
+    max_points: int = 5000,
+) -> Figure:
+    """Posterior means of up to `max_points` images (a seeded random subset), coloured by label: the latent
+    plane itself for 2-D latents, the first two principal components for higher dimensions."""
+    count = min(len(pixel_values), max_points)
+    chosen = torch.randperm(len(pixel_values), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+    chosen_labels = None if labels is None else labels[chosen]
+    means = _encode_means(model, pixel_values[chosen], chosen_labels).double()
+    latent_dim = means.shape[1]
+    figure = _figure("latent_space")
+    axes = figure.add_subplot()
+    if latent_dim == 1:
+        jitter = torch.rand(count, generator=torch.Generator().manual_seed(seed)) - 0.5
+        height = (chosen_labels.double() if chosen_labels is not None else torch.zeros(count)) + 0.8 * jitter
+        coordinates = torch.stack([means[:, 0], height], dim=1)
+        title = f"Latent space: posterior means of {count} images (1-D latent, jittered by class)"
+        axes.set_xlabel("z₁")
+        axes.set_ylabel("class" if chosen_labels is not None else "")
+    elif latent_dim == 2:
+        coordinates = means
+        title = f"Latent space: posterior means of {count} images"
+        axes.set_xlabel("z₁")
+        axes.set_ylabel("z₂")
+    else:
+        coordinates, explained = _pca(means)
+        title = f"Latent space: posterior means of {count} images, PCA of the {latent_dim}-D latent"
+        axes.set_xlabel(f"principal component 1 ({explained[0]:.0%} of variance)")
+        axes.set_ylabel(f"principal component 2 ({explained[1]:.0%} of variance)")
+    points = coordinates.numpy()
+    if chosen_labels is None:
+        axes.scatter(points[:, 0], points[:, 1], s=4, alpha=0.6, color="tab:blue", linewidths=0)
+    else:
+        classes = int(chosen_labels.max()) + 1
+        if classes <= 20:
+            colours = ListedColormap(colormaps["tab10" if classes <= 10 else "tab20"].colors[:classes])
+            norm = BoundaryNorm(np.arange(classes + 1) - 0.5, classes)
+        else:
+            colours, norm = colormaps["viridis"], None
+        scatter = axes.scatter(
+            points[:, 0], points[:, 1], c=chosen_labels.numpy(), cmap=colours, norm=norm, s=4, alpha=0.7, linewidths=0
+        )
+        colour_bar = figure.colorbar(scatter, ax=axes, ticks=range(classes) if classes <= 20 else None)
+        colour_bar.set_label("label")
+        colour_bar.solids.set_alpha(1.0)
+    axes.set_title(title)
+    axes.grid(True, alpha=0.3)
+    return figure
+
+
+@_drawing
+def plot_latent_manifold(model: VAEModel, steps: int = 20, label: int | None = None) -> Figure:
+    """The decoder over a 2-D latent grid, as in Kingma & Welling (2013): an evenly spaced grid in (0, 1)^2
+    mapped through the Gaussian inverse CDF, so that each cell covers equal prior mass. z₂ grows upwards."""
+    if model.config.latent_dim != 2:
+        raise ValueError(
+            f"The latent manifold is drawn for 2-D latents only; this model has {model.config.latent_dim}."
+        )
+    probabilities = (torch.arange(steps, dtype=torch.float64) + 0.5) / steps
+    values = torch.distributions.Normal(0.0, 1.0).icdf(probabilities)
+    z1, z2 = torch.meshgrid(values, values.flip(0), indexing="xy")
+    latents = torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=1).float()
+    if model.config.num_classes is not None and label is None:
+        label = 0
+    images = model.decode(latents.to(model.device), labels=label).images
+    figure = _figure("latent_manifold")
+    axes = figure.add_subplot()
+    suffix = "" if model.config.num_classes is None else f", class {label}"
+    _show_grid(axes, _grid(images, steps), f"Learned manifold: decoder means at z = Φ⁻¹(u), u on an even grid{suffix}")
+    centres = _cell_centres(steps, model.config.image_size)
+    shown = range(0, steps, max(1, steps // 10))
+    axes.set_xticks([centres[i] for i in shown], [f"{values[i]:.2f}" for i in shown], fontsize=8)
+    axes.set_yticks([centres[i] for i in shown], [f"{values.flip(0)[i]:.2f}" for i in shown], fontsize=8)
+    axes.set_xlabel("z₁")
+    axes.set_ylabel("z₂")
+    return figure
+
+
+def _interpolation_pairs(
+    count: int, labels: torch.Tensor | None, same_class: bool, generator: torch.Generator, pairs: int
+) -> list[tuple[int, int]]:
+    """Index pairs: of one class each (conditional models), of two different classes when labels exist, else any."""
+    order = torch.randperm(count, generator=generator).tolist()
+    if labels is None:
+        return [(order[2 * i], order[2 * i + 1]) for i in range(min(pairs, count // 2))]
+    chosen: list[tuple[int, int]] = []
+    used: set[int] = set()
+    for first in order:
+        if first in used:
+            continue
+        partner = next(
+            (j for j in order if j not in used and j != first and bool(labels[j] == labels[first]) == same_class),
+            None,
+        )
+        if partner is not None:
+            chosen.append((first, partner))
+            used.update((first, partner))
+        if len(chosen) == pairs:
+            break
+    return chosen
+
+
+@_drawing
+def plot_interpolation(
+    model: VAEModel,
+    pixel_values: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    seed: int = 0,
+    pairs: int = 6,
+    steps: int = 10,
+) -> Figure:
+    """Rows walking the latent space in a straight line between the posterior means of pairs of test images,
+    each row framed by the two originals. Conditional models interpolate within one class (the label is fixed
+    along a row); unconditional ones between images of different classes."""
+    conditional = model.config.num_classes is not None
+    chosen = _interpolation_pairs(len(pixel_values), labels, conditional, torch.Generator().manual_seed(seed), pairs)
+    if not chosen:
+        raise DataError("Interpolation needs at least two images.")
+    starts = torch.stack([pixel_values[i] for i, _ in chosen])
+    ends = torch.stack([pixel_values[j] for _, j in chosen])
+    path_labels = None
+    if conditional:
+        path_labels = torch.stack([labels[i] for i, _ in chosen])
+    paths = model.interpolate(starts.to(model.device), ends.to(model.device), steps, labels=path_labels).cpu()
+    rows = torch.cat([starts.unsqueeze(1), paths, ends.unsqueeze(1)], dim=1)
+    figure = _figure("interpolation")
+    axes = figure.add_subplot()
+    what = "within a class" if conditional else "between test images"
+    _show_grid(axes, _grid(rows.flatten(0, 1), steps + 2), f"Latent interpolation {what} ({steps} steps)")
+    size = model.config.image_size
+    weights = [f"{t:.2f}" for t in torch.linspace(0, 1, steps).tolist()]
+    axes.set_xticks(_cell_centres(steps + 2, size), ["start"] + weights + ["end"], fontsize=8)
+    axes.set_xlabel("original | weight t of z = (1 - t) z_start + t z_end | original")
+    if labels is not None:
+        names = [f"{int(labels[i])} → {int(labels[j])}" for i, j in chosen]
+        axes.set_yticks(_cell_centres(len(chosen), size), names)
+    return figure
+
+
+def read_metrics(path: str | Path) -> dict[str, list[float]]:
+    """The columns of a training `metrics.csv` as lists of floats (empty cells become NaN)."""
+    with Path(path).open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        raise DataError(f"{path} has no rows: nothing to plot.")
+
+    def number(text: str | None) -> float:
+        try:
+            return float(text)
+        except (TypeError, ValueError):
+            return math.nan
+
+    return {column: [number(row.get(column)) for row in rows] for column in rows[0]}
+
+
+def plot_training_curves(metrics: dict[str, list[float]]) -> Figure:
+    """Loss, reconstruction and KL (train and validation) and the learning rate per epoch."""
+    if "epoch" not in metrics:
+        raise DataError(f"metrics.csv needs an 'epoch' column; its columns are {sorted(metrics)}.")
+    epochs = metrics["epoch"]
+    marker = "o" if len(epochs) <= 30 else None
+    figure = _figure("training_curves")
+    grid = figure.subplots(2, 2, sharex=True)
+    for axes, (title, suffix) in zip(grid.flat[:3], METRIC_PANELS, strict=True):
+        for split, name in (("train", "train"), ("val", "validation")):
+            values = metrics.get(f"{split}_{suffix}")
+            if values is not None and not all(math.isnan(value) for value in values):
+                axes.plot(epochs, values, marker=marker, markersize=3, label=name)
+        axes.set_title(title)
+        axes.set_ylabel("nats per image")
+        axes.legend()
+    rate_axes = grid.flat[3]
+    if "learning_rate" in metrics:
+        rates = metrics["learning_rate"]
+        rate_axes.plot(epochs, rates, marker=marker, markersize=3, color="tab:green")
+        if min(rates) > 0 and max(rates) / min(rates) > 10:
+            rate_axes.set_yscale("log")
+    rate_axes.set_title("Learning rate")
+    for axes in grid.flat:
+        axes.grid(True, alpha=0.3)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for axes in grid[1]:
+        axes.set_xlabel("epoch")
+    figure.suptitle("Training curves")
+    return figure
+
+
+# ---------------------------------------------------------------------------------------------- all at once
+def save_figures(
+    model: VAEModel,
+    data: ImageTensors,
+    output_dir: str | Path,
+    metrics_csv: str | Path | None = None,
+    seed: int = 0,
+) -> dict[str, Path]:
+    """Write samples.png, reconstructions.png, latent_space.png, latent_manifold.png (2-D latents only),
+    interpolation.png and training_curves.png (when `metrics_csv` exists) into `output_dir`; return name -> path.
+
+    `data` holds uint8 images (a test or validation split); they are shown binarised with `seed` when the model
+    was trained on binarised data. The model draws in eval mode and is handed back in the mode it came in."""
+    if len(data) < 2:
+        raise DataError(f"Pictures need at least 2 images, got {len(data)}.")
+    if model.config.num_classes is not None and data.labels is None:
+        raise DataError(
+            f"The model is conditional (num_classes={model.config.num_classes}): the images need labels to be "
+            "encoded and reconstructed; pass a split with a label column."
+        )
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    pixel_values = evaluation_pixel_values(data.images, model.config.binarize, seed)
+    labels = data.labels
+    figures: dict[str, Figure] = {}
+    figures["samples"] = plot_samples(model, seed)
+    binarized = model.config.binarize in ("dynamic", "static")
+    title = (
+        f"Binarised images (seed {seed}) and their reconstructions (pixel probabilities)"
+        if binarized
+        else "Images and their reconstructions (decoder means at the posterior mean)"
+    )
+    figures["reconstructions"] = plot_reconstructions(model, pixel_values, labels, title=title)
+    figures["latent_space"] = plot_latent_space(model, pixel_values, labels, seed)
+    if model.config.latent_dim == 2:
+        figures["latent_manifold"] = plot_latent_manifold(model)
+    figures["interpolation"] = plot_interpolation(model, pixel_values, labels, seed)
+    if metrics_csv is not None and Path(metrics_csv).is_file():
+        figures["training_curves"] = plot_training_curves(read_metrics(metrics_csv))
+    paths = {}
+    for name, figure in figures.items():
+        paths[name] = output_dir / f"{name}.png"
+        figure.savefig(paths[name], dpi=FIGURE_DPI)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------- command line
+@dataclass
+class VisualizationArguments:
+    """Options of `hf-vae visualize`."""
+
+    model: str = field(metadata={"help": "A folder written by `hf-vae train` / `save_pretrained`, or a Hub repo id."})
+    dataset_name: str = field(metadata={"help": "Hub dataset id, a local copy of one, or a `save_to_disk` folder."})
+    output_dir: str = field(metadata={"help": "Folder to write the PNG files into."})
+    revision: str | None = field(default=None, metadata={"help": "Branch, tag or commit of a Hub model."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration name."})
+    split: str = field(default="test", metadata={"help": "Split whose images are shown and encoded."})
+    image_column: str | None = field(default=None, metadata={"help": "Image column (detected when there is one)."})
+    label_column: str | None = field(default=None, metadata={"help": "Label column (detected when there is one)."})
+    max_samples: int | None = field(default=None, metadata={"help": "Use only the first N images of the split."})
+    metrics_csv: str | None = field(
+        default=None, metadata={"help": "Training metrics for training_curves.png (default: the model's metrics.csv)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seeds prior samples, binarisation and the images chosen."})
+    device: str | None = field(default=None, metadata={"help": "cpu or cuda (default: cuda when available)."})
+    cache_dir: str | None = field(default=None, metadata={"help": "`datasets` cache folder."})
+
+
+def _find_metrics(model: str, revision: str | None) -> str | None:
+    """The model's own metrics.csv: next to a local model, else from its Hub repo when it has one."""
+    local = Path(model).expanduser() / "metrics.csv"
+    if local.is_file():
+        return str(local)
+    if Path(model).expanduser().exists():
+        return None
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(model, "metrics.csv", revision=revision)
+    except (OSError, ValueError) as error:
+        logger.info("No metrics.csv for %s (%s): training_curves.png is skipped.", model, error)
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`hf-vae visualize`: write the pictures of a model on a dataset split."""
+    parser = HfArgumentParser(VisualizationArguments)
+    (args,) = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = load_model(args.model, args.revision, device)
+        data = load_split(
+            args.dataset_name,
+            model.config,
+            args.split,
+            args.dataset_config_name,
+            args.image_column,
+            args.label_column,
+            args.max_samples,
+            args.cache_dir,
+        )
+        metrics_csv = args.metrics_csv
+        if metrics_csv is not None and not Path(metrics_csv).is_file():
+            raise EvaluationError(f"--metrics_csv {metrics_csv!r} is not a file.")
+        if metrics_csv is None:
+            metrics_csv = _find_metrics(args.model, args.revision)
+        paths = save_figures(model, data, args.output_dir, metrics_csv, args.seed)
+    except (EvaluationError, DataError) as error:
+        print(f"hf-vae visualize: error: {error}", file=sys.stderr)
+        return 1
+    for name, path in paths.items():
+        print(f"{name:<16} {path}")
+    return 0
+
+
+__all__ = [
+    "FIGURE_DPI",
+    "FIGURE_SIZES",
+    "VisualizationArguments",
+    "figure_pixel_size",
+    "main",
+    "plot_interpolation",
+    "plot_latent_manifold",
+    "plot_latent_space",
+    "plot_reconstructions",
+    "plot_samples",
+    "plot_training_curves",
+    "read_metrics",
+    "save_figures",
+]

@@ -312,7 +312,9 @@ def plot_interpolation(
     axes.set_xticks(_cell_centres(steps + 2, size), ["start"] + weights + ["end"], fontsize=8)
     axes.set_xlabel("original | weight t of z = (1 - t) z_start + t z_end | original")
     if labels is not None:
-        names = [f"{int(labels[i])} → {int(labels[j])}" for i, j in chosen]
+        names = [
+            f"class {int(labels[i])}" if conditional else f"{int(labels[i])} → {int(labels[j])}" for i, j in chosen
+        ]
         axes.set_yticks(_cell_centres(len(chosen), size), names)
     return figure
 

@@ -200,6 +200,23 @@ def test_reference_style_loss_is_the_tutorial_loss(blob_data):
     assert results["reference_style_loss"] == pytest.approx(results["negative_elbo"], abs=1.0)
 
 
+def test_colour_convolutional_model_bits_per_dim():
+    """8-bit RGB under the discretised logistic: a true probability mass, so bits/dim = nll / (3 * H * W * ln 2)."""
+    config = VAEConfig(
+        architecture="conv",
+        conv_channels=[4, 8],
+        image_size=8,
+        num_channels=3,
+        latent_dim=3,
+        likelihood="discretized_logistic",
+    )
+    images = (torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    results = evaluate_model(VAEModel(config).eval(), ImageTensors(images), iwae_samples=20, batch_size=8)
+    assert "per_class" not in results and results["num_images"] == 16
+    assert results["bits_per_dim"] == pytest.approx(results["iwae_nll"] / (3 * 64 * math.log(2)))
+    assert 0 < results["iwae_nll"] <= results["negative_elbo"] + 1.0
+
+
 # ---------------------------------------------------------------------------------------------- anomalies
 def test_fit_anomaly_threshold():
     scores = torch.arange(1000, dtype=torch.float64)

@@ -206,3 +206,22 @@ def test_visualize_cli(model_2d, data, tmp_path):
         timeout=300,
     )
     assert bad.returncode == 1 and "No dataset folder" in bad.stderr
+
+
+def test_colour_convolutional_model(tmp_path):
+    """RGB images through a convolutional decoder with the discretised logistic likelihood."""
+    generator = torch.Generator().manual_seed(0)
+    images = (torch.rand(64, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator) * 255).to(torch.uint8)
+    config = VAEConfig(
+        architecture="conv",
+        conv_channels=[4, 8],
+        image_size=IMAGE_SIZE,
+        num_channels=3,
+        latent_dim=3,
+        likelihood="discretized_logistic",
+    )
+    paths = save_figures(VAEModel(config), ImageTensors(images), tmp_path)
+    assert set(paths) == ALL_FIGURES - {"latent_manifold", "training_curves"}
+    for name, path in paths.items():
+        with Image.open(path) as image:
+            assert image.size == figure_pixel_size(name)

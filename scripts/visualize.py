@@ -1,0 +1,12 @@
+"""Write the pictures of a trained VAE (samples, reconstructions, latent space, manifold, interpolations,
+training curves) as PNG files. The same as `hf-vae visualize`:
+
+    python scripts/visualize.py --model out/mnist-2d --dataset_name ylecun/mnist --output_dir out/mnist-2d/figures
+"""
+
+import sys
+
+from hf_vae.visualization import main
+
+if __name__ == "__main__":
+    sys.exit(main())

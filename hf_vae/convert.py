@@ -3,7 +3,9 @@
 The tutorial ("Building Variational Autoencoders from Scratch", Hub repo `karthik-2905/VariationalAutoencoders`)
 saves `{"model_state_dict": ..., "model_config": {...}}` dicts that its own model card cannot load. This module
 reads them (or a bare state dict) without ever unpickling code, maps every tensor onto a [`VAEModel`] of the same
-architecture, proves the two networks agree in eval mode and only then writes a normal model folder:
+architecture, proves the two networks agree in eval mode and only then writes a normal model folder, with the
+provenance (source, SHA-256, measured differences) in `conversion.json`, which the model card is built from, here and
+by `hf-vae push`:
 
 ```bash
 hf-vae convert karthik-2905/VariationalAutoencoders --output_dir vae-mnist-2d
@@ -13,6 +15,7 @@ hf-vae convert ./best_vae_model.pth --output_dir vae-mnist-2d
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import pickle
@@ -23,12 +26,13 @@ import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from huggingface_hub import ModelCard, ModelCardData, hf_hub_download
+from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -44,7 +48,9 @@ from huggingface_hub.utils.sha import sha_fileobj
 from torch import nn
 from transformers import HfArgumentParser
 
+from . import __version__
 from .configuration_vae import VAEConfig
+from .model_card import CARD_NAME, CONVERSION_NAME, build_model_card
 from .modeling_vae import VAEModel
 
 DEFAULT_FILENAME = "vae_logs_latent2_beta1.0/best_vae_model.pth"
@@ -177,12 +183,12 @@ def resolve_source(
     """
     path = Path(source).expanduser()
     if path.is_file():
-        return path, {"kind": "file", "name": path.name}
+        return path, {"kind": "file", "filename": path.name}
     if path.is_dir():
         candidate = path / filename
         if not candidate.is_file():
             raise ConversionError(f"{source!r} is a folder without {filename!r}; pass the checkpoint file itself.")
-        return candidate, {"kind": "file", "name": filename}
+        return candidate, {"kind": "file", "filename": filename}
     if path.suffix in _CHECKPOINT_SUFFIXES:
         raise ConversionError(f"No such file: {source!r}.")
     try:
@@ -481,57 +487,24 @@ def _staging_dir(output_dir: Path, overwrite: bool) -> Iterator[Path]:
         raise
 
 
-def _describe_source(source: Mapping[str, str]) -> str:
-    if source["kind"] == "hub":
-        repo = source["repo_id"]
-        revision = source["revision"]
-        link = f"[{repo}](https://huggingface.co/{repo})"
-        return f"`{source['filename']}` from the Hub repo {link}, revision `{revision}`"
-    return f"the local file `{source['name']}`"
-
-
-def build_model_card(
+def conversion_record(
     checkpoint: TutorialCheckpoint, source: Mapping[str, str], sha256: str, differences: Mapping[str, float]
-) -> ModelCard:
-    arguments = ", ".join(f"{key}={value}" for key, value in checkpoint.arguments.items())
-    data = ModelCardData(
-        library_name="hf-vae",
-        tags=["vae", "variational-autoencoder", "generative", "hf-vae", "converted", "pytorch"],
-    )
-    body = f"""
-# Tutorial VAE converted to hf-vae
-
-The variational autoencoder of the tutorial "Building Variational Autoencoders from Scratch" (`VAE({arguments})`),
-converted to an hf-vae `VAEModel` with `hf-vae convert`. The weights, BatchNorm statistics included, are the
-tutorial's; the decoder now returns logits, with `sigmoid(logits)` being the tutorial's output.
-
-## Source
-
-- Checkpoint: {_describe_source(source)}, layout: {checkpoint.layout}
-- SHA-256: `{sha256}`
-
-## Conversion check
-
-The tutorial's network (rebuilt in hf-vae with the checkpoint's tensors) and this model, reloaded from this folder,
-were run in eval mode on the same {_NUM_CHECK_INPUTS} inputs. Largest absolute differences (tolerance {TOLERANCE:g}):
-
-| posterior mean | log-variance | decoded probabilities |
-|---|---|---|
-| {differences["mean"]:.3g} | {differences["logvar"]:.3g} | {differences["probabilities"]:.3g} |
-
-## How to use
-
-```python
-from hf_vae import VAEModel
-
-model = VAEModel.from_pretrained("path/to/this/folder").eval()  # or its Hub repo id
-images = model.sample(16)  # (16, 1, H, W) pixel probabilities
-```
-
-Without hf-vae installed, `transformers.AutoModel.from_pretrained(..., trust_remote_code=True)` loads it from the
-code files in this folder. `hf-vae evaluate` scores it on a test set and `hf-vae push` uploads it.
-"""
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+) -> dict[str, Any]:
+    """The contents of `conversion.json`: enough to find the exact checkpoint again and to see how closely the model
+    matches it. Local sources are recorded by file name only, as the file is uploaded with the model."""
+    return {
+        "converter": "hf-vae convert",
+        "hf_vae_version": __version__,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": dict(source),
+        "sha256": sha256,
+        "layout": checkpoint.layout,
+        "ignored_entries": checkpoint.ignored_entries,
+        "tutorial_arguments": checkpoint.arguments,
+        "max_differences": dict(differences),
+        "tolerance": TOLERANCE,
+        "num_inputs": _NUM_CHECK_INPUTS,
+    }
 
 
 def convert_checkpoint(
@@ -549,7 +522,7 @@ def convert_checkpoint(
     `TOLERANCE`. On any error nothing is written.
     """
     checkpoint_path, output_dir = Path(checkpoint_path), Path(output_dir).expanduser().absolute()
-    source = source or {"kind": "file", "name": checkpoint_path.name}
+    source = source or {"kind": "file", "filename": checkpoint_path.name}
     _check_output_dir(output_dir, overwrite, [checkpoint_path.absolute(), Path.cwd()])
     checkpoint = read_tutorial_checkpoint(checkpoint_path, beta=beta)
     tutorial, model = convert_tutorial_checkpoint(checkpoint)
@@ -567,7 +540,9 @@ def convert_checkpoint(
                 f"The converted model disagrees with the tutorial's network (max |difference|: "
                 f"{_format(differences)}; tolerance {TOLERANCE:g}). Nothing was written."
             )
-        build_model_card(checkpoint, source, sha256, differences).save(staging / "README.md")
+        record = conversion_record(checkpoint, source, sha256, differences)
+        (staging / CONVERSION_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        build_model_card(staging, output_dir.name).save(staging / CARD_NAME)
     return ConversionResult(checkpoint, output_dir, sha256, differences)
 
 
@@ -608,6 +583,7 @@ __all__ = [
     "ConversionResult",
     "ConvertArguments",
     "TutorialVAE",
+    "conversion_record",
     "convert_checkpoint",
     "convert_state_dict",
     "main",

@@ -2,8 +2,9 @@
 
 The text lives in the Jinja template `hf_vae/templates/model_card.md` (the repository's top-level `model_card.md`
 links to it); this module only gathers the facts: the config, the parameter count, the dataset, the training
-arguments and curves, the evaluation results and the pictures. Every file except `config.json` is optional, so the
-card of a freshly converted model and the card of a fully trained and evaluated one come from the same code.
+arguments and curves, the evaluation results, the pictures, and for a converted model where it was converted from
+(`conversion.json`, written by `hf-vae convert`). Every file except `config.json` is optional, so the card of a freshly
+converted model and the card of a fully trained and evaluated one come from the same code.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any
 
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from safetensors import safe_open
 
 from .configuration_vae import VAEConfig
@@ -28,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "model_card.md"
 CARD_NAME = "README.md"
+CONVERSION_NAME = "conversion.json"
 LIBRARY_NAME = "hf-vae"
 DEFAULT_LICENSE = "apache-2.0"
 UNCONDITIONAL_TASK = "unconditional-image-generation"
@@ -51,6 +55,7 @@ FILE_DESCRIPTIONS = {
     "train_results.json": "a summary of the training run",
     "eval_results.json": "the evaluation of the best model at the end of training",
     "evaluation.json": "the results of `hf-vae evaluate`",
+    CONVERSION_NAME: "where the weights were converted from and how the conversion was checked (`hf-vae convert`)",
     **{file: caption.lower() for file, caption in PICTURES},
 }
 # (evaluation.json key, label in the results table, model-index metric name or None, unit)
@@ -69,6 +74,9 @@ HUB_DATASET_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 LIKELIHOODS = {"bernoulli": "a Bernoulli distribution over each pixel"}
 BINARIZATIONS = {"dynamic": "dynamically", "static": "statically"}
 FLOAT_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+# conversion.json's `max_differences` keys, as the card names them.
+DIFFERENCE_LABELS = {"mean": "posterior mean", "logvar": "log-variance", "probabilities": "decoded probabilities"}
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -268,6 +276,45 @@ def _eval_results(evaluation: dict | None, conditional: bool, fallback_dataset: 
     return results
 
 
+def _conversion_source(source: Any) -> str | None:
+    """How the card names a conversion's source. Local files are named by their last component only."""
+    if not isinstance(source, dict) or not isinstance(source.get("filename"), str):
+        return None
+    filename = source["filename"]
+    if source.get("kind") == "hub" and isinstance(source.get("repo_id"), str):
+        repo_id = source["repo_id"]
+        try:
+            validate_repo_id(repo_id)
+        except HFValidationError:
+            return None
+        text = f"`{filename}` from the Hub repo [{repo_id}](https://huggingface.co/{repo_id})"
+        return text + (f", revision `{source['revision']}`" if isinstance(source.get("revision"), str) else "")
+    if source.get("kind") == "file":
+        name = Path(filename).name if os.path.isabs(filename) or filename.startswith("~") else filename
+        return f"the local file `{name}`"
+    return None
+
+
+def _conversion(conversion: dict[str, Any]) -> dict[str, Any]:
+    """The facts of `conversion.json` the card shows; a malformed field is left out rather than guessed."""
+    arguments, differences = conversion.get("tutorial_arguments"), conversion.get("max_differences")
+    arguments = arguments if isinstance(arguments, dict) else {}
+    differences = differences if isinstance(differences, dict) else {}
+    sha256 = conversion.get("sha256")
+    text = {key: value for key in ("layout", "hf_vae_version", "date") if isinstance(value := conversion.get(key), str)}
+    return {
+        **text,
+        "source": _conversion_source(conversion.get("source")),
+        "sha256": sha256 if isinstance(sha256, str) and SHA256.match(sha256) else None,
+        "arguments": ", ".join(f"{key}={value}" for key, value in arguments.items()),
+        "differences": [
+            (DIFFERENCE_LABELS.get(key, key), _number(value)) for key, value in differences.items() if _is_number(value)
+        ],
+        "tolerance": _number(conversion["tolerance"]) if _is_number(conversion.get("tolerance")) else None,
+        "num_inputs": _number(conversion["num_inputs"]) if _is_number(conversion.get("num_inputs")) else None,
+    }
+
+
 def _weights(model_dir: Path) -> str:
     """'float32, 1.8 MB': the floating-point dtypes of the weights (integer counters left out) and the file size."""
     path = model_dir / "model.safetensors"
@@ -280,15 +327,17 @@ def build_model_card(
     model_dir: str | os.PathLike,
     repo_id: str | None = None,
     *,
-    license: str = DEFAULT_LICENSE,
+    license: str | None = None,
 ) -> ModelCard:
     """Build the model card of a model folder written by `save_pretrained` / `hf-vae train`.
 
     Args:
         model_dir: the folder; `config.json` and `model.safetensors` are required, everything else (metrics.csv,
-            training_args.json, train/eval_results.json, evaluation.json, the pictures) is used when present.
+            training_args.json, train/eval_results.json, evaluation.json, the pictures, conversion.json) is used
+            when present.
         repo_id: the Hub repo the card is for, used in the loading snippets (defaults to the folder's name).
-        license: the license identifier in the metadata.
+        license: the license identifier in the metadata. Defaults to apache-2.0 for a model trained with hf-vae, and to
+            none for a converted one (with `conversion.json`): its weights are under the terms of their source.
 
     Returns:
         A `huggingface_hub.ModelCard`; `str(card)` is the README.md text. Nothing is written.
@@ -310,6 +359,10 @@ def build_model_card(
     training_args = _read_json(model_dir / "training_args.json")
     evaluation = _read_json(model_dir / "evaluation.json")
     metrics = _read_metrics(model_dir / "metrics.csv")
+    converted = (model_dir / CONVERSION_NAME).is_file()
+    conversion = _conversion(_read_json(model_dir / CONVERSION_NAME) or {}) if converted else None
+    if license is None and not converted:
+        license = DEFAULT_LICENSE
     dataset_id, dataset_display = _dataset(training_args, evaluation)
     conditional = config.num_classes is not None
     repo_id = repo_id or model_dir.resolve().name
@@ -320,7 +373,8 @@ def build_model_card(
         library_name=LIBRARY_NAME,
         license=license,
         tags=["vae", "variational-autoencoder", "generative", "image-generation", "pytorch", LIBRARY_NAME]
-        + (["conditional"] if conditional else []),
+        + (["conditional"] if conditional else [])
+        + (["converted"] if conversion else []),
         datasets=[dataset_id] if dataset_id else None,
         pipeline_tag=None if conditional else UNCONDITIONAL_TASK,
         model_name=model_name if eval_results else None,
@@ -361,6 +415,8 @@ def build_model_card(
         evaluation_rows=evaluation_rows,
         evaluation_settings=evaluation_settings,
         per_class_rows=_per_class(evaluation),
+        conversion=conversion,
+        license=license,
         pictures=[(file, caption) for file, caption in PICTURES if file in present],
         files=[(file, description) for file, description in FILE_DESCRIPTIONS.items() if file in present],
     )
@@ -373,7 +429,7 @@ def write_model_card(
     output_path: str | os.PathLike | None = None,
     *,
     repo_id: str | None = None,
-    license: str = DEFAULT_LICENSE,
+    license: str | None = None,
 ) -> Path:
     """Build the card of `model_dir` (see `build_model_card`) and write it, by default to `model_dir/README.md`."""
     path = Path(output_path) if output_path is not None else Path(model_dir) / CARD_NAME
@@ -381,4 +437,4 @@ def write_model_card(
     return path
 
 
-__all__ = ["build_model_card", "write_model_card", "TEMPLATE_PATH", "PICTURES"]
+__all__ = ["build_model_card", "write_model_card", "CONVERSION_NAME", "TEMPLATE_PATH", "PICTURES"]

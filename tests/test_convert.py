@@ -7,12 +7,13 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime
 
 import huggingface_hub
 import pytest
 import torch
 
-from hf_vae import VAEModel
+from hf_vae import VAEModel, __version__
 from hf_vae.convert import (
     DEFAULT_FILENAME,
     TOLERANCE,
@@ -25,6 +26,7 @@ from hf_vae.convert import (
     max_differences,
     resolve_source,
 )
+from hf_vae.model_card import build_model_card
 
 DEFAULT_ARGS = {"input_dim": 784, "latent_dim": 2, "hidden_dim": 256, "beta": 1.0}
 # The tutorial's own suggested variants.
@@ -147,11 +149,34 @@ def test_output_folder_is_a_model_folder_with_a_card(tmp_path, checkpoint):
     assert json.loads((out / "config.json").read_text())["auto_map"]["AutoModel"] == "modeling_vae.VAEModel"
     card = huggingface_hub.ModelCard.load(out / "README.md")
     assert card.data.library_name == "hf-vae"
-    assert {"vae", "generative"} <= set(card.data.tags)
-    assert result.sha256 in card.text and "best_vae_model.pth" in card.text
+    assert {"vae", "generative", "converted"} <= set(card.data.tags)
+    assert card.data.license is None  # the weights are under their source's terms, not hf-vae's
+    assert result.sha256 in card.text and "the local file `best_vae_model.pth`" in card.text
+    assert "## Converted from" in card.text and "| decoded probabilities | 0 |" in card.text
     assert len(result.sha256) == 64
-    assert "from_pretrained" in card.text
+    assert 'VAEModel.from_pretrained("out")' in card.text
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []
+    # The card is the general one, built from the folder: `hf-vae push` regenerates the same text.
+    assert (out / "README.md").read_text() == str(build_model_card(out))
+
+
+def test_conversion_json_records_the_provenance(tmp_path, checkpoint):
+    result = convert_checkpoint(checkpoint, tmp_path / "out")
+    record = json.loads((tmp_path / "out" / "conversion.json").read_text())
+    date = record.pop("date")
+    assert record == {
+        "converter": "hf-vae convert",
+        "hf_vae_version": __version__,
+        "source": {"kind": "file", "filename": "best_vae_model.pth"},  # never the local path: the file is uploaded
+        "sha256": file_sha256(checkpoint),
+        "layout": "tutorial dict",
+        "ignored_entries": [],
+        "tutorial_arguments": DEFAULT_ARGS,
+        "max_differences": result.differences,
+        "tolerance": TOLERANCE,
+        "num_inputs": 256,
+    }
+    assert datetime.fromisoformat(date).tzinfo is not None
 
 
 def test_cli(tmp_path, checkpoint, capsys):
@@ -167,6 +192,7 @@ def test_local_folder_source_uses_filename(tmp_path, tutorial):
     save_tutorial(tutorial, repo / "vae_logs_latent2_beta1.0" / "best_vae_model.pth")
     path, source = resolve_source(str(repo))
     assert path == repo / "vae_logs_latent2_beta1.0" / "best_vae_model.pth"
+    assert source == {"kind": "file", "filename": DEFAULT_FILENAME}
     with pytest.raises(ConversionError, match="folder without 'other.pth'"):
         resolve_source(str(repo), filename="other.pth")
 
@@ -360,6 +386,9 @@ def test_converts_a_checkpoint_from_a_hub_repo(
     assert sha256 in run.stdout
     card = (out / "README.md").read_text()
     assert f"https://huggingface.co/{hub_repo_id}" in card and DEFAULT_FILENAME in card and sha256 in card
+    record = json.loads((out / "conversion.json").read_text())
+    assert record["sha256"] == sha256
+    assert record["source"] == {"kind": "hub", "repo_id": hub_repo_id, "filename": DEFAULT_FILENAME, "revision": "main"}
     assert_same_network(tutorial, VAEModel.from_pretrained(out))
 
     hub = {"token": hub_token, "cache_dir": tmp_path / "cache", "endpoint": hub_server}

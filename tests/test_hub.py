@@ -29,6 +29,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from hf_vae import VAEConfig, VAEModel
+from hf_vae.convert import TutorialVAE, convert_checkpoint
 from hf_vae.hub import HubPushError, collect_files, push_to_hub
 from hf_vae.model_card import build_model_card, write_model_card
 
@@ -86,6 +87,16 @@ def make_model_folder(path: Path, *, seed: int = 0, num_classes: int | None = No
     for relative in LOCAL_ONLY:
         (path / relative).parent.mkdir(parents=True, exist_ok=True)
         (path / relative).write_bytes(b"local only")
+    return path
+
+
+def make_converted_folder(path: Path) -> Path:
+    """A folder written by `hf-vae convert` from a (randomly initialised) tutorial checkpoint."""
+    torch.manual_seed(0)
+    checkpoint = path.with_name("best_vae_model.pth")
+    config = {"input_dim": 784, "latent_dim": 2, "hidden_dim": 32, "beta": 1.0}
+    torch.save({"model_state_dict": TutorialVAE(**config).state_dict(), "model_config": config}, checkpoint)
+    convert_checkpoint(checkpoint, path)
     return path
 
 
@@ -424,6 +435,56 @@ def test_collect_files_leaves_out_local_only_files(tmp_path):
     files = {path.as_posix() for path in collect_files(folder)}
     assert "runs/events/log" in files and "model.safetensors" in files and "samples.png" in files
     assert not files & {*LOCAL_ONLY, "README.md"}
+
+
+def test_push_of_a_converted_folder_carries_its_provenance(hub_server, hub_token, hub_repo_id, tmp_path):
+    folder = make_converted_folder(tmp_path / "converted")
+    sha256 = json.loads((folder / "conversion.json").read_text())["sha256"]
+    before = folder_state(folder)
+    commit = push_to_hub(folder, hub_repo_id, token=hub_token, endpoint=hub_server)
+    assert folder_state(folder) == before
+    files = set(HfApi(endpoint=hub_server, token=hub_token).list_repo_files(hub_repo_id))
+    assert {"conversion.json", "README.md", "model.safetensors"} <= files
+
+    def download(name: str) -> Path:
+        return Path(hf_hub_download(hub_repo_id, name, revision=commit.oid, endpoint=hub_server, cache_dir=tmp_path))
+
+    assert download("conversion.json").read_bytes() == (folder / "conversion.json").read_bytes()
+    card = ModelCard.load(download("README.md"))
+    assert "## Converted from" in card.text and "the local file `best_vae_model.pth`" in card.text
+    assert sha256 in card.text
+    assert f'VAEModel.from_pretrained("{hub_repo_id}")' in card.text
+    assert "converted" in card.data.tags and card.data.license is None
+
+
+def test_card_of_a_converted_folder_says_where_it_comes_from(tmp_path):
+    folder = make_converted_folder(tmp_path / "converted")
+    record = json.loads((folder / "conversion.json").read_text())
+    card = build_model_card(folder, "me/vae")
+    assert record["sha256"] in card.text and "the local file `best_vae_model.pth`, layout: tutorial dict" in card.text
+    assert "`VAE(input_dim=784, latent_dim=2, hidden_dim=32, beta=1.0)`" in card.text
+    assert "max \\|difference\\|" in card.text and "| decoded probabilities | 0 |" in card.text
+    assert "(tolerance 1e-05)" in card.text
+    assert "converted to the `hf-vae` package from a checkpoint trained elsewhere" in card.text
+    assert "No license is stated" in card.text and card.data.license is None
+    assert "`conversion.json`: where the weights were converted from" in card.text
+    assert build_model_card(folder, license="mit").data.license == "mit"
+    assert "No license is stated" not in build_model_card(folder, license="mit").text
+
+    record["source"] = {"kind": "hub", "repo_id": "someone/tutorial", "filename": "a/best.pth", "revision": "v1"}
+    (folder / "conversion.json").write_text(json.dumps(record))
+    source = "`a/best.pth` from the Hub repo [someone/tutorial](https://huggingface.co/someone/tutorial), revision `v1`"
+    assert source in build_model_card(folder).text
+    # A hand-edited file: what is malformed is left out, a local path is never shown.
+    record.update(source={"kind": "file", "filename": "/home/someone/private/best.pth"}, sha256="not a hash")
+    record["max_differences"] = {"mean": "small"}
+    (folder / "conversion.json").write_text(json.dumps(record))
+    text = build_model_card(folder).text
+    assert "the local file `best.pth`" in text and "/home/someone" not in text
+    assert "SHA-256" not in text and "max \\|difference\\|" not in text
+    (folder / "conversion.json").write_text("{not json")
+    card = build_model_card(folder)
+    assert "## Converted from" in card.text and card.data.license is None and "converted" in card.data.tags
 
 
 @pytest.mark.parametrize("num_classes", [None, 10])

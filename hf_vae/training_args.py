@@ -1,0 +1,269 @@
+"""Options of `hf-vae train`: three dataclasses parsed by `transformers.HfArgumentParser` from flags or from a
+single JSON/YAML file, and the model config they describe."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from transformers import HfArgumentParser, SchedulerType
+
+from .configuration_vae import PRESETS, VAEConfig
+
+REPORT_TO = ("none", "all", "tensorboard", "wandb", "comet_ml", "mlflow", "aim", "clearml", "dvclive", "swanlab")
+LR_SCHEDULERS = tuple(scheduler.value for scheduler in SchedulerType)
+
+
+@dataclass
+class ModelArguments:
+    """Which VAE to train. A preset gives every architecture field; any field given here replaces the preset's value.
+    Every field of this class that is also a `VAEConfig` field is passed to the config when it is not None, so a new
+    config option needs only one line here."""
+
+    preset: str = field(
+        default="mnist",
+        metadata={"help": f"Named architecture, one of {sorted(PRESETS)}. 'mnist-2d' is the reference tutorial's."},
+    )
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Continue training a model saved with `save_pretrained` (folder or Hub id)."}
+    )
+    architecture: str | None = field(default=None, metadata={"help": "Network family, e.g. 'mlp'."})
+    image_size: int | None = field(
+        default=None, metadata={"help": "Image height and width; the data is resized to it when given."}
+    )
+    num_channels: int | None = field(
+        default=None, metadata={"help": "1 (greyscale) or 3 (RGB); the data is converted to it when given."}
+    )
+    latent_dim: int | None = field(default=None, metadata={"help": "Dimension of the latent space."})
+    hidden_sizes: list[int] | None = field(default=None, metadata={"help": "Encoder layer widths, e.g. 512 256."})
+    conv_channels: list[int] | None = field(default=None, metadata={"help": "Channels of the conv architecture."})
+    num_res_blocks: int | None = field(default=None, metadata={"help": "Residual blocks per conv stage."})
+    normalization: str | None = field(default=None, metadata={"help": "Normalisation layer of the conv architecture."})
+    use_batch_norm: bool | None = field(default=None, metadata={"help": "BatchNorm after hidden layers (true/false)."})
+    dropout: float | None = field(default=None, metadata={"help": "Dropout probability after hidden activations."})
+    activation: str | None = field(default=None, metadata={"help": "Hidden activation, e.g. relu, gelu, silu."})
+    likelihood: str | None = field(default=None, metadata={"help": "Decoder distribution over pixels."})
+    beta: float | None = field(default=None, metadata={"help": "Weight of the KL term (beta-VAE)."})
+    free_bits: float | None = field(default=None, metadata={"help": "Minimum KL per latent unit in the loss (nats)."})
+    num_classes: int | None = field(
+        default=None, metadata={"help": "Train a conditional VAE on the label column with this many classes."}
+    )
+    binarize: Literal["none", "dynamic", "static"] | None = field(
+        default=None,
+        metadata={
+            "help": "Binarise pixels: a fresh Bernoulli draw per batch (dynamic), one fixed draw (static) or not at "
+            "all (none). Default: the preset's (or the loaded model's) value. Recorded in the model's config."
+        },
+    )
+
+    def config_overrides(self) -> dict[str, Any]:
+        """The config fields given on the command line."""
+        config_fields = {config_field.name for config_field in dataclasses.fields(VAEConfig)}
+        given = {
+            name: value
+            for name, value in dataclasses.asdict(self).items()
+            if name not in ("preset", "model_name_or_path") and value is not None
+        }
+        unsupported = sorted(set(given) - config_fields)
+        if unsupported:
+            raise ValueError(f"This version of VAEConfig has no field(s) {unsupported}; drop those options.")
+        return given
+
+
+@dataclass
+class DataArguments:
+    """Which images to train on."""
+
+    dataset_name: str = field(
+        default="ylecun/mnist",
+        metadata={"help": "Hub dataset id, a local folder laid out like a Hub dataset repo, or a save_to_disk folder."},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration name."})
+    image_column: str | None = field(default=None, metadata={"help": "Column holding the images (auto-detected)."})
+    label_column: str | None = field(
+        default=None, metadata={"help": "Column holding class labels (auto-detected; needed for --num_classes)."}
+    )
+    validation_split: float = field(
+        default=0.1,
+        metadata={"help": "Fraction of train held out (seeded) for validation when there is no validation split."},
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Train on the first N training images."})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use the first N validation (and test) images, for quick runs."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where `datasets` caches downloads."})
+
+
+@dataclass
+class TrainingArguments:
+    """How to train. Names follow `transformers.TrainingArguments` where the meaning is the same."""
+
+    output_dir: str = field(metadata={"help": "Where the model, checkpoints, metrics and results are written."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Allow writing into an output_dir that already holds a trained model."}
+    )
+    num_train_epochs: int = field(default=20, metadata={"help": "Number of passes over the training images."})
+    max_steps: int = field(default=-1, metadata={"help": "If > 0, stop after this many optimiser steps."})
+    per_device_train_batch_size: int = field(default=128, metadata={"help": "Training batch size per process."})
+    per_device_eval_batch_size: int = field(default=1000, metadata={"help": "Evaluation batch size per process."})
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "Batches whose gradients are summed before each optimiser step."}
+    )
+    learning_rate: float = field(default=1e-3, metadata={"help": "Adam's learning rate (the reference's 1e-3)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "Decoupled weight decay (AdamW) on weight matrices."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "Adam beta1."})
+    adam_beta2: float = field(default=0.999, metadata={"help": "Adam beta2."})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "Adam epsilon."})
+    max_grad_norm: float | None = field(
+        default=None, metadata={"help": "Clip the gradient norm to this value (off by default, as in the reference)."}
+    )
+    lr_scheduler_type: str = field(
+        default="reduce_lr_on_plateau",
+        metadata={
+            "help": f"One of {list(LR_SCHEDULERS)}. 'reduce_lr_on_plateau' halves the learning rate after 5 epochs "
+            "without a better validation loss (the reference's schedule); the others are per-step schedules."
+        },
+    )
+    warmup_steps: int = field(default=0, metadata={"help": "Linear learning-rate warm-up steps (per-step schedules)."})
+    kl_warmup_steps: int = field(
+        default=0, metadata={"help": "KL annealing: the KL weight grows linearly from 0 to 1 over this many steps."}
+    )
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = field(
+        default=None, metadata={"help": "Mixed precision; default: accelerate's config / launcher setting."}
+    )
+    use_cpu: bool = field(default=False, metadata={"help": "Train on CPU even when a GPU is available."})
+    seed: int = field(default=42, metadata={"help": "Seed of weights, shuffling, dropout, binarisation and split."})
+    logging_steps: int = field(
+        default=50, metadata={"help": "Read the running losses (and check them for NaN) every N steps."}
+    )
+    eval_steps: int | None = field(
+        default=None, metadata={"help": "Also evaluate every N optimiser steps (always at the end of each epoch)."}
+    )
+    checkpointing_steps: str | None = field(
+        default="epoch",
+        metadata={
+            "help": "Save a resumable checkpoint every N optimiser steps, or at each 'epoch' end; 'no' for none."
+        },
+    )
+    save_total_limit: int | None = field(
+        default=2, metadata={"help": "Keep at most this many checkpoints, deleting the oldest."}
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "A checkpoint folder, or 'latest' for the newest one in output_dir."}
+    )
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop after this many epochs without a better validation loss."}
+    )
+    report_to: str = field(
+        default="none", metadata={"help": f"Experiment trackers (comma-separated), from {list(REPORT_TO)}."}
+    )
+    disable_tqdm: bool = field(default=False, metadata={"help": "No progress bar (it is off anyway without a tty)."})
+    plot_every_n_epochs: int | None = field(
+        default=None, metadata={"help": "Also write the figures every N epochs (always at the end)."}
+    )
+    skip_figures: bool = field(default=False, metadata={"help": "Write no figures (for tests and benchmarks)."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload the best model to the Hub at the end."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo to push to, e.g. 'user/vae-mnist'."})
+    hub_private_repo: bool | None = field(default=None, metadata={"help": "Create the Hub repo as private."})
+    hub_revision: str | None = field(default=None, metadata={"help": "Branch of the Hub repo to push to."})
+
+    def __post_init__(self) -> None:
+        for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size"):
+            _require(getattr(self, name) >= 1, f"--{name} must be at least 1, got {getattr(self, name)}.")
+        _require(
+            self.gradient_accumulation_steps >= 1,
+            f"--gradient_accumulation_steps must be at least 1, got {self.gradient_accumulation_steps}.",
+        )
+        _require(self.learning_rate > 0, f"--learning_rate must be positive, got {self.learning_rate}.")
+        _require(self.logging_steps >= 1, f"--logging_steps must be at least 1, got {self.logging_steps}.")
+        _require(self.kl_warmup_steps >= 0, f"--kl_warmup_steps must be >= 0, got {self.kl_warmup_steps}.")
+        _require(self.warmup_steps >= 0, f"--warmup_steps must be >= 0, got {self.warmup_steps}.")
+        for name in ("eval_steps", "save_total_limit", "early_stopping_patience", "plot_every_n_epochs"):
+            value = getattr(self, name)
+            _require(value is None or value >= 1, f"--{name} must be at least 1 when given, got {value}.")
+        _require(
+            self.max_grad_norm is None or self.max_grad_norm > 0,
+            f"--max_grad_norm must be positive when given, got {self.max_grad_norm}.",
+        )
+        _require(
+            self.lr_scheduler_type in LR_SCHEDULERS,
+            f"--lr_scheduler_type must be one of {list(LR_SCHEDULERS)}, got {self.lr_scheduler_type!r}.",
+        )
+        _require(
+            not (self.lr_scheduler_type == "reduce_lr_on_plateau" and self.warmup_steps > 0),
+            "--warmup_steps needs a per-step schedule (e.g. --lr_scheduler_type constant_with_warmup or cosine); "
+            "'reduce_lr_on_plateau' has no warm-up.",
+        )
+        if self.checkpointing_steps is not None and self.checkpointing_steps.lower() in ("no", "none", ""):
+            self.checkpointing_steps = None
+        _require(
+            self.checkpointing_steps in (None, "epoch")
+            or (self.checkpointing_steps.isdigit() and int(self.checkpointing_steps) >= 1),
+            f"--checkpointing_steps must be a number of steps, 'epoch' or 'no', got {self.checkpointing_steps!r}.",
+        )
+        unknown = [name for name in self.report_to_list if name not in REPORT_TO]
+        _require(not unknown, f"--report_to: unknown tracker(s) {unknown}; choose from {list(REPORT_TO)}.")
+        _require(
+            not self.push_to_hub or bool(self.hub_model_id),
+            "--push_to_hub needs --hub_model_id (the repo to create or update, e.g. 'your-name/vae-mnist').",
+        )
+
+    @property
+    def report_to_list(self) -> list[str]:
+        return [name.strip() for name in self.report_to.split(",") if name.strip()]
+
+    @property
+    def checkpoint_every_steps(self) -> int | None:
+        if self.checkpointing_steps is None or self.checkpointing_steps == "epoch":
+            return None
+        return int(self.checkpointing_steps)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+ArgumentTuple = tuple[ModelArguments, DataArguments, TrainingArguments]
+
+
+def parse_args(argv: list[str] | None = None) -> ArgumentTuple:
+    """Parse flags, or a single `.json` / `.yaml` file holding the same names (such as a run's
+    `training_args.json`)."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    parser.prog = "hf-vae train"
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        path = Path(argv[0])
+        if not path.is_file():
+            raise FileNotFoundError(f"Arguments file {path} does not exist.")
+        if path.suffix == ".json":
+            return parser.parse_json_file(path, allow_extra_keys=False)
+        return parser.parse_yaml_file(path, allow_extra_keys=False)
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def arguments_to_dict(arguments: ArgumentTuple) -> dict[str, Any]:
+    """All options as one flat dict: written as `training_args.json`, which `hf-vae train` reads back."""
+    merged: dict[str, Any] = {}
+    for group in arguments:
+        merged.update(dataclasses.asdict(group))
+    return merged
+
+
+def save_arguments(arguments: ArgumentTuple, path: Path) -> None:
+    path.write_text(json.dumps(arguments_to_dict(arguments), indent=2) + "\n")
+
+
+__all__ = [
+    "DataArguments",
+    "ModelArguments",
+    "TrainingArguments",
+    "arguments_to_dict",
+    "parse_args",
+    "save_arguments",
+]

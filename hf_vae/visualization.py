@@ -357,6 +357,8 @@ def plot_training_curves(metrics: dict[str, list[float]]) -> Figure:
         rate_axes.plot(epochs, rates, marker=marker, markersize=3, color="tab:green")
         if min(rates) > 0 and max(rates) / min(rates) > 10:
             rate_axes.set_yscale("log")
+        else:
+            rate_axes.ticklabel_format(axis="y", style="sci", scilimits=(0, 0), useOffset=False)
     rate_axes.set_title("Learning rate")
     for axes in grid.flat:
         axes.grid(True, alpha=0.3)

@@ -375,3 +375,26 @@ def test_conditional_model_needs_labels(tmp_path):
     )
     with pytest.raises(DataError, match="conditional"):
         load_split(str(tmp_path / "data"), config, split="train")
+
+
+def test_cli_evaluates_a_hub_model_at_a_revision(saved, tmp_path, hub_server, hub_token, hub_repo_id, hub_env):
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=hub_server, token=hub_token)
+    api.create_repo(hub_repo_id)
+    api.upload_folder(repo_id=hub_repo_id, folder_path=str(saved / "model"))
+    api.create_branch(hub_repo_id, branch="v1")
+    output = tmp_path / "hub.json"
+    command = [sys.executable, "-m", "hf_vae.cli", "evaluate", "--model", hub_repo_id, "--revision", "v1"]
+    command += ["--dataset_name", str(saved / "data"), "--iwae_samples", "8", "--max_eval_samples", "10"]
+    completed = subprocess.run(
+        command + ["--output", str(output)], capture_output=True, text=True, env=hub_env, timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr
+    results = json.loads(output.read_text())
+    assert results["model"] == hub_repo_id and results["revision"] == "v1" and results["num_images"] == 10
+
+    missing = subprocess.run(
+        command[:-4] + ["--revision", "no-such-branch"], capture_output=True, text=True, env=hub_env, timeout=300
+    )
+    assert missing.returncode == 1 and "Could not load a hf-vae model" in missing.stderr

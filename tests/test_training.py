@@ -1,0 +1,382 @@
+"""The training loop (`hf-vae train`): outputs, real-MNIST learning, two CPU processes, exact resume after SIGKILL,
+NaN stop, options.
+
+Runs that must be a real process (the CLI, `accelerate launch`, SIGKILL) go through subprocesses; the rest call
+`hf_vae.training.main` in this process. Models are tiny (one hidden layer of 32) and datasets small, so that the
+file stays around a minute on two busy cores.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+from PIL import Image
+from safetensors.torch import load_file
+
+from hf_vae import VAEConfig, VAEModel
+from hf_vae.data import load_splits
+from hf_vae.training import (
+    CHECKPOINTS_DIR,
+    KILL_AFTER_STEP_ENV,
+    METRICS_COLUMNS,
+    STATE_FILE,
+    build_model,
+    checkpoint_folders,
+    main,
+    resolve_checkpoint,
+)
+from hf_vae.training_args import ModelArguments, parse_args
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST = Path(__file__).resolve().parents[2] / "shared" / "mnist"
+TRAIN_IMAGES, TEST_IMAGES = 200, 40
+VALIDATION_IMAGES = 20  # the default 10% held out of train
+TINY = [
+    "--preset",
+    "mnist-2d",
+    "--hidden_sizes",
+    "32",
+    "--latent_dim",
+    "2",
+    "--per_device_train_batch_size",
+    "32",
+    "--skip_figures",
+    "--disable_tqdm",
+]
+
+
+def _grey_digits(count: int, rng: np.random.Generator, size: int = 28) -> list[Image.Image]:
+    """Blurry grey strokes: structure to learn, grey levels for binarisation to matter."""
+    images = []
+    for _ in range(count):
+        canvas = np.zeros((size, size), dtype=np.float32)
+        row, column = rng.integers(4, size - 12, size=2)
+        canvas[row : row + 8, column : column + 3] = 1.0
+        canvas[row : row + 3, column : column + 8] = rng.uniform(0.3, 1.0)
+        canvas = np.clip(canvas + rng.normal(0, 0.1, canvas.shape), 0, 1)
+        images.append(Image.fromarray((canvas * 255).astype(np.uint8)))
+    return images
+
+
+def make_dataset(path: Path, size: int = 28, labels: bool = True, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    features = {"image": datasets.Image()}
+    if labels:
+        features["label"] = datasets.ClassLabel(num_classes=10)
+
+    def split(count: int) -> datasets.Dataset:
+        columns = {"image": _grey_digits(count, rng, size)}
+        if labels:
+            columns["label"] = rng.integers(0, 10, count).tolist()
+        return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+
+    datasets.DatasetDict({"train": split(TRAIN_IMAGES), "test": split(TEST_IMAGES)}).save_to_disk(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data") / "digits")
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
+    env.pop(KILL_AFTER_STEP_ENV, None)
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "hf_vae.cli", "train", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env or subprocess_env(), cwd=REPO, timeout=600)
+
+
+def train_here(*args: str) -> int:
+    """`hf-vae train` in this process, with accelerate's process-wide state reset afterwards."""
+    try:
+        return main(list(args))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def read_metrics(output_dir: Path) -> list[dict[str, str]]:
+    with (output_dir / "metrics.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+# ---------------------------------------------------------------------------------------------- one run, every file
+def test_one_epoch_writes_every_output(synthetic, tmp_path):
+    output_dir = tmp_path / "run"
+    completed = run_cli(
+        "--dataset_name", str(synthetic), *TINY, "--num_train_epochs", "1", "--output_dir", str(output_dir),
+        "--report_to", "tensorboard", "--binarize", "dynamic",
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    assert "hf-vae rank 0 of 1" in completed.stderr
+    assert "Epoch   1 | Total Loss: " in completed.stdout and "| Val Loss: " in completed.stdout
+    assert "| LR: 1.00e-03 | Time: " in completed.stdout
+
+    with (output_dir / "metrics.csv").open() as handle:
+        assert next(csv.reader(handle)) == list(METRICS_COLUMNS)
+    (row,) = read_metrics(output_dir)
+    assert row["epoch"] == "1" and all(math.isfinite(float(row[name])) for name in METRICS_COLUMNS)
+
+    model = VAEModel.from_pretrained(output_dir)
+    assert model.config.binarize == "dynamic" and model.config.hidden_sizes == [32]
+    for name in ("config.json", "model.safetensors", "modeling_vae.py", "configuration_vae.py"):
+        assert (output_dir / name).is_file()
+
+    results = read_json(output_dir / "train_results.json")
+    assert results["num_processes"] == 1 and results["weights_identical_across_processes"] is True
+    assert results["validation_images"] == results["validation_images_expected"] == VALIDATION_IMAGES
+    assert results["train_images"] == TRAIN_IMAGES - VALIDATION_IMAGES and results["epochs_completed"] == 1
+    assert results["best_epoch"] == 1 and results["best_val_loss"] == pytest.approx(float(row["val_loss"]))
+    for name in ("train_samples_per_second", "total_wall_time", "train_runtime"):
+        assert results[name] > 0
+
+    evaluation = read_json(output_dir / "eval_results.json")
+    assert evaluation["test_images"] == TEST_IMAGES and evaluation["binarize"] == "dynamic"
+    assert evaluation["test_loss"] == pytest.approx(evaluation["test_recon_loss"] + evaluation["test_kl_loss"])
+
+    (checkpoint,) = checkpoint_folders(output_dir)
+    assert checkpoint.name == "checkpoint-6" and read_json(checkpoint / STATE_FILE)["epoch"] == 1
+    assert list(output_dir.glob("runs/**/events.out.tfevents.*")), "tensorboard wrote no event file"
+
+    # training_args.json holds every option and reads back as a single arguments file.
+    model_args, data_args, training_args = parse_args([str(output_dir / "training_args.json")])
+    assert data_args.dataset_name == str(synthetic) and model_args.hidden_sizes == [32]
+    assert training_args.report_to == "tensorboard" and model_args.binarize == "dynamic"
+
+
+def test_real_mnist_validation_loss_falls(tmp_path):
+    if not MNIST.is_dir():
+        pytest.skip(f"no MNIST at {MNIST}")
+    output_dir = tmp_path / "mnist"
+    completed = run_cli(
+        "--dataset_name", str(MNIST), "--preset", "mnist-2d", "--max_train_samples", "3000",
+        "--max_eval_samples", "1000", "--num_train_epochs", "3", "--checkpointing_steps", "no", "--skip_figures",
+        "--output_dir", str(output_dir),
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    torch.manual_seed(42)  # the seed the run used for its initial weights
+    fresh = VAEModel(VAEConfig.from_preset("mnist-2d")).eval()
+    validation = load_splits(str(MNIST), seed=42).validation.images[:1000].float() / 255
+    with torch.no_grad():
+        first_loss = fresh(validation, generator=torch.Generator().manual_seed(0)).loss.item()
+    rows = read_metrics(output_dir)
+    val_losses = [float(row["val_loss"]) for row in rows]
+    assert len(rows) == 3 and val_losses[-1] < val_losses[0]
+    assert val_losses[-1] < 0.5 * first_loss, (first_loss, val_losses)
+    evaluation = read_json(output_dir / "eval_results.json")
+    assert evaluation["test_images"] == 1000 and evaluation["test_loss"] < 0.5 * first_loss
+
+
+# ---------------------------------------------------------------------------------------------- distributed
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_on_cpu_train_one_synchronised_model(synthetic, tmp_path):
+    output_dir = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()), str(REPO / "scripts" / "train.py"),
+        "--dataset_name", str(synthetic), *TINY, "--num_train_epochs", "2", "--per_device_eval_batch_size", "8",
+        "--output_dir", str(output_dir),
+    ]  # fmt: skip
+    completed = subprocess.run(
+        command, capture_output=True, text=True, env=subprocess_env(ACCELERATE_USE_CPU="1"), cwd=REPO, timeout=600
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "hf-vae rank 0 of 2" in completed.stderr and "hf-vae rank 1 of 2" in completed.stderr
+    assert completed.stdout.count("Epoch   1 |") == 1 and completed.stdout.count("Epoch   2 |") == 1
+
+    results = read_json(output_dir / "train_results.json")
+    assert results["num_processes"] == 2 and results["weights_identical_across_processes"] is True
+    # 20 validation images in batches of 8 over 2 processes: padded shards, each image counted exactly once.
+    assert results["validation_images"] == VALIDATION_IMAGES
+    assert results["train_samples_seen"] >= 2 * (TRAIN_IMAGES - VALIDATION_IMAGES)
+    assert [row["epoch"] for row in read_metrics(output_dir)] == ["1", "2"]
+    assert [path.name for path in checkpoint_folders(output_dir)] == ["checkpoint-3", "checkpoint-6"]
+    checkpoint = checkpoint_folders(output_dir)[-1]
+    assert (checkpoint / "random_states_0.pkl").is_file() and (checkpoint / "random_states_1.pkl").is_file()
+    assert not list((output_dir / CHECKPOINTS_DIR).glob(".staging-*"))
+    VAEModel.from_pretrained(output_dir)
+
+
+def test_refuses_a_multi_process_launch_that_runs_unsynchronised(synthetic, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    assert train_here("--dataset_name", str(synthetic), *TINY, "--output_dir", str(tmp_path / "out")) == 1
+    error = capsys.readouterr().err
+    assert "WORLD_SIZE=2" in error and "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2" in error
+
+
+# ---------------------------------------------------------------------------------------------- resume
+def test_killed_run_resumes_to_identical_weights(synthetic, tmp_path):
+    arguments = [
+        "--dataset_name", str(synthetic), *TINY, "--num_train_epochs", "3", "--checkpointing_steps", "4",
+        "--binarize", "dynamic", "--save_total_limit", "2", "--kl_warmup_steps", "10",
+    ]  # fmt: skip
+    uninterrupted, interrupted = tmp_path / "a", tmp_path / "b"
+    assert run_cli(*arguments, "--output_dir", str(uninterrupted)).returncode == 0
+
+    killed = run_cli(*arguments, "--output_dir", str(interrupted), env=subprocess_env(**{KILL_AFTER_STEP_ENV: "10"}))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert [path.name for path in checkpoint_folders(interrupted)] == ["checkpoint-4", "checkpoint-8"]
+    assert read_json(interrupted / CHECKPOINTS_DIR / "checkpoint-8" / STATE_FILE)["step_in_epoch"] == 2  # mid-epoch
+
+    resumed = run_cli(*arguments, "--output_dir", str(interrupted), "--resume_from_checkpoint", "latest")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resumed from" in resumed.stderr and "checkpoint-8" in resumed.stderr
+
+    expected, actual = load_file(uninterrupted / "model.safetensors"), load_file(interrupted / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+    drop_time = [{k: v for k, v in row.items() if k != "epoch_time"} for row in read_metrics(uninterrupted)]
+    assert drop_time == [{k: v for k, v in row.items() if k != "epoch_time"} for row in read_metrics(interrupted)]
+    assert read_json(interrupted / "train_results.json")["resumed_from_checkpoint"].endswith("checkpoint-8")
+
+
+def test_latest_checkpoint_ignores_incomplete_folders(tmp_path):
+    root = tmp_path / CHECKPOINTS_DIR
+    for name, complete in (("checkpoint-5", True), ("checkpoint-12", True), ("checkpoint-20", False)):
+        (root / name).mkdir(parents=True)
+        if complete:
+            (root / name / STATE_FILE).write_text("{}")
+    (root / ".staging-checkpoint-30").mkdir()
+    (root / ".staging-checkpoint-30" / STATE_FILE).write_text("{}")
+    assert [path.name for path in checkpoint_folders(tmp_path)] == ["checkpoint-5", "checkpoint-12"]
+    assert resolve_checkpoint("latest", tmp_path).name == "checkpoint-12"
+    assert resolve_checkpoint("latest", tmp_path / "elsewhere") is None
+    with pytest.raises(ValueError, match="not a complete checkpoint"):
+        resolve_checkpoint(str(root / "checkpoint-20"), tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- failures
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(synthetic, tmp_path):
+    output_dir = tmp_path / "nan"
+    completed = run_cli(
+        "--dataset_name", str(synthetic), *TINY, "--learning_rate", "1e30", "--checkpointing_steps", "1",
+        "--output_dir", str(output_dir),
+    )  # fmt: skip
+    assert completed.returncode == 1
+    assert "The training loss became NaN/inf at global step 2 (epoch 1)" in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert [path.name for path in checkpoint_folders(output_dir)] == ["checkpoint-1"]
+    assert "the last good checkpoint is" in completed.stderr and "checkpoint-1" in completed.stderr
+    state = load_file(output_dir / CHECKPOINTS_DIR / "checkpoint-1" / "model.safetensors")
+    assert all(torch.isfinite(tensor).all() for tensor in state.values())
+    assert not (output_dir / "model.safetensors").exists() and not (output_dir / "metrics.csv").exists()
+
+
+def test_refuses_to_overwrite_a_finished_run(synthetic, tmp_path, capsys):
+    output_dir = tmp_path / "run"
+    output_dir.mkdir()
+    (output_dir / "metrics.csv").write_text("epoch\n")
+    assert train_here("--dataset_name", str(synthetic), *TINY, "--output_dir", str(output_dir)) == 1
+    error = capsys.readouterr().err
+    assert "already holds a training run" in error and "--resume_from_checkpoint latest" in error
+    assert (output_dir / "metrics.csv").read_text() == "epoch\n"
+
+
+def test_option_errors_name_the_fix(synthetic, tmp_path, capsys):
+    base = ["--dataset_name", str(synthetic), "--output_dir", str(tmp_path / "out")]
+    assert train_here(*base, "--push_to_hub") == 2
+    assert "--push_to_hub needs --hub_model_id" in capsys.readouterr().err
+    assert train_here(*base, "--lr_scheduler_type", "reduce_lr_on_plateau", "--warmup_steps", "10") == 2
+    assert "--warmup_steps needs a per-step schedule" in capsys.readouterr().err
+    assert train_here(*base, "--checkpointing_steps", "often") == 2
+    assert "--checkpointing_steps" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_conditional_training_needs_a_label_column(tmp_path, capsys):
+    unlabelled = make_dataset(tmp_path / "unlabelled", labels=False)
+    output_dir = tmp_path / "out"
+    assert (
+        train_here("--dataset_name", str(unlabelled), *TINY, "--num_classes", "10", "--output_dir", str(output_dir))
+        == 1
+    )
+    error = capsys.readouterr().err
+    assert "needs class labels" in error and "['image']" in error and "--label_column" in error
+
+
+# ---------------------------------------------------------------------------------------------- options
+def test_preset_overrides_and_continuing_from_a_saved_model(tmp_path):
+    config = build_model(ModelArguments(preset="mnist-2d", latent_dim=4, beta=2.0, binarize="static")).config
+    assert (config.latent_dim, config.beta, config.binarize, config.hidden_sizes) == (4, 2.0, "static", [256, 128])
+    assert build_model(ModelArguments()).config.binarize == VAEConfig.from_preset("mnist").binarize
+    saved = tmp_path / "saved"
+    build_model(ModelArguments(preset="mnist-2d", hidden_sizes=[16])).save_pretrained(saved)
+    continued = build_model(ModelArguments(model_name_or_path=str(saved), beta=3.0))
+    assert continued.config.beta == 3.0 and continued.config.hidden_sizes == [16]
+    with pytest.raises(ValueError, match="would change the network"):
+        build_model(ModelArguments(model_name_or_path=str(saved), latent_dim=8))
+
+
+def test_accumulation_clipping_schedules_conditioning_and_early_stopping(synthetic, tmp_path):
+    output_dir = tmp_path / "options"
+    status = train_here(
+        "--dataset_name", str(synthetic), *TINY, "--num_train_epochs", "2", "--gradient_accumulation_steps", "2",
+        "--max_grad_norm", "5", "--kl_warmup_steps", "4", "--lr_scheduler_type", "cosine", "--warmup_steps", "2",
+        "--binarize", "static", "--num_classes", "10", "--eval_steps", "2", "--checkpointing_steps", "2",
+        "--output_dir", str(output_dir),
+    )  # fmt: skip
+    assert status == 0
+    results = read_json(output_dir / "train_results.json")
+    assert results["global_step"] == 2 * math.ceil(6 / 2)  # 6 batches an epoch, an optimiser step every 2
+    rates = [float(row["learning_rate"]) for row in read_metrics(output_dir)]
+    assert rates[1] < rates[0] <= 1e-3
+    model = VAEModel.from_pretrained(output_dir)
+    assert model.config.num_classes == 10 and model.config.binarize == "static"
+
+    stopped = tmp_path / "stopped"
+    status = train_here(
+        "--dataset_name", str(synthetic), *TINY, "--num_train_epochs", "5", "--learning_rate", "1e-12",
+        "--early_stopping_patience", "1", "--checkpointing_steps", "no", "--output_dir", str(stopped),
+    )  # fmt: skip
+    assert status == 0
+    results = read_json(stopped / "train_results.json")
+    assert results["stop_reason"] == "early_stopping" and results["epochs_completed"] < 5
+
+
+def test_yaml_arguments_file(tmp_path, synthetic):
+    path = tmp_path / "args.yaml"
+    path.write_text(f"dataset_name: {synthetic}\noutput_dir: {tmp_path / 'out'}\nhidden_sizes: [8, 4]\nbeta: 0.5\n")
+    model_args, data_args, training_args = parse_args([str(path)])
+    assert model_args.hidden_sizes == [8, 4] and model_args.beta == 0.5
+    assert model_args.config_overrides() == {"hidden_sizes": [8, 4], "beta": 0.5}
+    assert training_args.output_dir == str(tmp_path / "out") and training_args.num_train_epochs == 20
+    path.write_text("output_dir: out\nlearning_rat: 0.1\n")
+    with pytest.raises(ValueError, match="learning_rat"):
+        parse_args([str(path)])

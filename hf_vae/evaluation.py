@@ -17,7 +17,8 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -167,8 +168,18 @@ def _batches(count: int, batch_size: int, progress: bool, description: str):
     return tqdm(starts, desc=description, unit="batch", disable=None if progress else True)
 
 
-def _restore_modes(model: torch.nn.Module) -> list[tuple[torch.nn.Module, bool]]:
-    return [(module, module.training) for module in model.modules()]
+@contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode (BatchNorm running statistics, no dropout) without autograd, then every module back in the mode
+    it came in: evaluation may run in the middle of training."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def compute_per_image_figures(
@@ -193,38 +204,32 @@ def compute_per_image_figures(
         )
     if len(pixel_values) == 0:
         raise EvaluationError("No images to evaluate.")
-    modes = _restore_modes(model)
-    model.eval()
     generator = torch.Generator().manual_seed(seed)
     columns: dict[str, list[torch.Tensor]] = {name: [] for name in PerImageFigures.__dataclass_fields__}
-    try:
-        with torch.inference_mode():
-            for start in _batches(len(pixel_values), batch_size, progress, f"IWAE (K={iwae_samples})"):
-                batch = pixel_values[start : start + batch_size].to(model.device)
-                batch_labels = None if labels is None else labels[start : start + batch_size].to(model.device)
-                posterior = model.encode(batch, batch_labels)
-                kl_per_dimension = model.kl_per_dimension(posterior.mean, posterior.logvar)
-                kl = kl_per_dimension.sum(1).double()
-                negative_elbo = model.negative_elbo(batch, batch_labels, elbo_samples, generator, max_batch_elements)
-                iwae_nll = -model.log_likelihood(batch, batch_labels, iwae_samples, generator, max_batch_elements)
-                sampled = model(batch, batch_labels, sample_posterior=True, generator=generator)
-                at_mean = model(batch, batch_labels, sample_posterior=False)
-                beta_kl = model.config.beta * kl
-                columns["negative_elbo"].append(negative_elbo.cpu())
-                columns["reconstruction"].append((negative_elbo - kl).cpu())
-                columns["kl"].append(kl.cpu())
-                columns["iwae_nll"].append(iwae_nll.cpu())
-                columns["reference_style_loss"].append(
-                    (model.reconstruction_nll(sampled.logits, batch).double() + beta_kl).cpu()
-                )
-                columns["reference_style_loss_posterior_mean"].append(
-                    (model.reconstruction_nll(at_mean.logits, batch).double() + beta_kl).cpu()
-                )
-                columns["kl_per_dimension"].append(kl_per_dimension.double().cpu())
-                columns["posterior_means"].append(posterior.mean.double().cpu())
-    finally:
-        for module, training in modes:
-            module.training = training
+    with evaluating(model):
+        for start in _batches(len(pixel_values), batch_size, progress, f"IWAE (K={iwae_samples})"):
+            batch = pixel_values[start : start + batch_size].to(model.device)
+            batch_labels = None if labels is None else labels[start : start + batch_size].to(model.device)
+            posterior = model.encode(batch, batch_labels)
+            kl_per_dimension = model.kl_per_dimension(posterior.mean, posterior.logvar)
+            kl = kl_per_dimension.sum(1).double()
+            negative_elbo = model.negative_elbo(batch, batch_labels, elbo_samples, generator, max_batch_elements)
+            iwae_nll = -model.log_likelihood(batch, batch_labels, iwae_samples, generator, max_batch_elements)
+            sampled = model(batch, batch_labels, sample_posterior=True, generator=generator)
+            at_mean = model(batch, batch_labels, sample_posterior=False)
+            beta_kl = model.config.beta * kl
+            columns["negative_elbo"].append(negative_elbo.cpu())
+            columns["reconstruction"].append((negative_elbo - kl).cpu())
+            columns["kl"].append(kl.cpu())
+            columns["iwae_nll"].append(iwae_nll.cpu())
+            columns["reference_style_loss"].append(
+                (model.reconstruction_nll(sampled.logits, batch).double() + beta_kl).cpu()
+            )
+            columns["reference_style_loss_posterior_mean"].append(
+                (model.reconstruction_nll(at_mean.logits, batch).double() + beta_kl).cpu()
+            )
+            columns["kl_per_dimension"].append(kl_per_dimension.double().cpu())
+            columns["posterior_means"].append(posterior.mean.double().cpu())
     return PerImageFigures(**{name: torch.cat(values) for name, values in columns.items()})
 
 
@@ -237,8 +242,8 @@ def active_units(posterior_means: torch.Tensor, threshold: float = ACTIVE_UNIT_T
     return int((variances > threshold).sum()), variances
 
 
-def _standard_error(values: torch.Tensor) -> float:
-    return float(values.std() / math.sqrt(len(values))) if len(values) > 1 else float("nan")
+def _standard_error(values: torch.Tensor) -> float | None:
+    return float(values.std() / math.sqrt(len(values))) if len(values) > 1 else None
 
 
 def summarize_figures(
@@ -333,7 +338,7 @@ def anomaly_scores(
     num_classes = model.config.num_classes
     generator = torch.Generator().manual_seed(seed)
     scores = []
-    with torch.inference_mode():
+    with evaluating(model):
         for start in _batches(len(pixel_values), batch_size, progress, f"anomaly scores ({method})"):
             batch = pixel_values[start : start + batch_size].to(model.device)
             if labels is not None or num_classes is None:
@@ -611,6 +616,7 @@ __all__ = [
     "anomaly_scores",
     "compute_per_image_figures",
     "evaluate_model",
+    "evaluating",
     "evaluation_pixel_values",
     "fit_anomaly_threshold",
     "format_summary",

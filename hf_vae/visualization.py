@@ -13,8 +13,7 @@ import functools
 import logging
 import math
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from torchvision.utils import make_grid
 from transformers import HfArgumentParser
 
 from .data import DataError, ImageTensors
-from .evaluation import EvaluationError, evaluation_pixel_values, load_model, load_split
+from .evaluation import EvaluationError, evaluating, evaluation_pixel_values, load_model, load_split
 from .modeling_vae import VAEModel
 
 logger = logging.getLogger(__name__)
@@ -84,25 +83,12 @@ def _show_grid(axes, grid: np.ndarray, title: str) -> None:
         spine.set_visible(False)
 
 
-@contextmanager
-def _evaluating(model: VAEModel) -> Iterator[None]:
-    """Eval mode and no autograd for drawing, then every module back in the mode it came in."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
 def _drawing(function: Callable[..., Figure]) -> Callable[..., Figure]:
-    """Draw a model's figure in eval mode without autograd, whatever mode the model is in (see `_evaluating`)."""
+    """Draw a model's figure in eval mode without autograd, whatever mode the model is in (see `evaluating`)."""
 
     @functools.wraps(function)
     def wrapper(model: VAEModel, *args: Any, **kwargs: Any) -> Figure:
-        with _evaluating(model):
+        with evaluating(model):
             return function(model, *args, **kwargs)
 
     return wrapper

@@ -187,6 +187,19 @@ def test_evaluate_model_figures_and_repeatable_binarisation(model_2d, blob_data)
     assert other["negative_elbo"] != first["negative_elbo"]
 
 
+def test_evaluation_mid_training_leaves_the_model_as_it_was(blob_data):
+    """BatchNorm and dropout: figures in eval mode, no running statistics updated, the training mode handed back."""
+    config = VAEConfig(image_size=IMAGE_SIZE, latent_dim=2, hidden_sizes=[16], use_batch_norm=True, dropout=0.2)
+    model = VAEModel(config).train()
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    data = blob_data.select(torch.arange(50))
+    first = evaluate_model(model, data, iwae_samples=5, batch_size=7)
+    assert model.training and all(module.training for module in model.modules())
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
+    second = evaluate_model(model.eval(), data, iwae_samples=5, batch_size=7)
+    assert first["iwae_nll"] == second["iwae_nll"]
+
+
 def test_reference_style_loss_is_the_tutorial_loss(blob_data):
     """Grey pixels, one sampled z: BCE-sum + KL per image, the number the tutorial reports as its validation loss."""
     config = VAEConfig(image_size=IMAGE_SIZE, latent_dim=2, hidden_sizes=[16], binarize="none")

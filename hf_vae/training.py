@@ -23,7 +23,7 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -124,10 +124,23 @@ def build_model(model_args: ModelArguments) -> VAEModel:
     return updated
 
 
+def with_image_shape_of(model_args: ModelArguments, data: ImageTensors) -> ModelArguments:
+    """A new model takes the image size and channels of the (decoded) data unless --image_size / --num_channels
+    give them; a saved model keeps its own, and `check_data` refuses data of another shape."""
+    if model_args.model_name_or_path is not None:
+        return model_args
+    return replace(
+        model_args,
+        image_size=model_args.image_size or data.image_size,
+        num_channels=model_args.num_channels or data.num_channels,
+    )
+
+
 def load_data(
-    data_args: DataArguments, model_args: ModelArguments, config: VAEConfig, seed: int, accelerator: Accelerator
+    data_args: DataArguments, model_args: ModelArguments, seed: int, accelerator: Accelerator
 ) -> ImageDataSplits:
-    """Decoded splits that fit `config`. The main process decodes first so that the others read its cache."""
+    """Decoded splits, resized / converted when --image_size / --num_channels are given. The main process decodes
+    first so that the others read its cache."""
     with accelerator.main_process_first():
         splits = load_splits(
             data_args.dataset_name,
@@ -140,6 +153,17 @@ def load_data(
             num_channels=model_args.num_channels,
             cache_dir=data_args.cache_dir,
         )
+    if data_args.max_train_samples is not None:
+        splits.train = _first(splits.train, data_args.max_train_samples)
+    if data_args.max_eval_samples is not None:
+        splits.validation = _first(splits.validation, data_args.max_eval_samples)
+        if splits.test is not None:
+            splits.test = _first(splits.test, data_args.max_eval_samples)
+    return splits
+
+
+def check_data(splits: ImageDataSplits, config: VAEConfig) -> None:
+    """Refuse splits whose image shape or labels do not fit the model's config."""
     for name in ("train", "validation", "test"):
         if getattr(splits, name) is not None:
             check_matches_config(getattr(splits, name), config.image_size, config.num_channels, name)
@@ -157,13 +181,6 @@ def load_data(
                     f"{config.num_classes}: labels must lie in [0, num_classes). Pass --num_classes "
                     f"{int(labels.max()) + 1}."
                 )
-    if data_args.max_train_samples is not None:
-        splits.train = _first(splits.train, data_args.max_train_samples)
-    if data_args.max_eval_samples is not None:
-        splits.validation = _first(splits.validation, data_args.max_eval_samples)
-        if splits.test is not None:
-            splits.test = _first(splits.test, data_args.max_eval_samples)
-    return splits
 
 
 def _first(data: ImageTensors, count: int) -> ImageTensors:
@@ -526,10 +543,13 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         transformers.utils.logging.set_verbosity_error()
     set_seed(args.seed)
 
-    # Model and data. The binarisation used is recorded in the config, so evaluation binarises the same way.
+    # Data, then the model: a new one takes the data's image shape unless given. The binarisation used is recorded in
+    # the config, so evaluation binarises the same way.
+    splits = load_data(data_args, model_args, args.seed, accelerator)
+    model_args = with_image_shape_of(model_args, splits.train)
     model = build_model(model_args)
     config = model.config
-    splits = load_data(data_args, model_args, config, args.seed, accelerator)
+    check_data(splits, config)
     train_data = splits.train
     if config.binarize == "static":
         train_data = ImageTensors(binarize_statically(train_data.images, args.seed), train_data.labels)

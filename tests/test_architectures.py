@@ -11,8 +11,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import datasets
+import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageDraw
 from safetensors.torch import save_file
 from torch import nn
 
@@ -420,3 +423,89 @@ def test_discretized_logistic_model_in_bfloat16_keeps_a_float32_nll():
     assert torch.isfinite(out.loss)
     out.loss.backward()
     assert model.decoder.conv_out.weight.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------------------------- any image dataset
+def coloured_shapes(count: int, size: int, seed: int) -> datasets.Dataset:
+    """RGB images of a filled square (label 0) or disc (label 1) in a random colour on a random background."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for index in range(count):
+        image = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(0, 256, 3)))
+        left, top = (int(v) for v in rng.integers(0, size // 2, 2))
+        extent = int(rng.integers(size // 4, size // 2))
+        box = (left, top, left + extent, top + extent)
+        draw = ImageDraw.Draw(image)
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        (draw.rectangle if index % 2 == 0 else draw.ellipse)(box, fill=colour)
+        images.append(image)
+        labels.append(index % 2)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["square", "disc"])})
+    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+
+def run_cli(*arguments: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(cwd / "hf_home"))
+    command = [sys.executable, "-m", "hf_vae.cli", *arguments]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_rgb_dataset_trains_end_to_end_with_image_shape_from_the_data(tmp_path):
+    """The MNIST command (`--architecture conv --num_classes N`) on a 32x32 RGB `save_to_disk` folder: the new
+    model takes the data's size and channels, trains, and writes its weights and pictures. Continuing from it on
+    greyscale 28x28 images is refused with a message naming both shapes."""
+    rgb = tmp_path / "shapes"
+    datasets.DatasetDict(
+        {"train": coloured_shapes(96, 32, seed=0), "test": coloured_shapes(24, 32, seed=1)}
+    ).save_to_disk(rgb)
+    output = tmp_path / "model"
+    common = ["--max_steps", "3", "--per_device_train_batch_size", "16", "--logging_steps", "1", "--use_cpu", "true"]
+    result = run_cli(
+        "train",
+        "--dataset_name",
+        str(rgb),
+        "--architecture",
+        "conv",
+        "--conv_channels",
+        "4",
+        "8",
+        "--latent_dim",
+        "4",
+        "--num_classes",
+        "2",
+        "--likelihood",
+        "discretized_logistic",
+        "--binarize",
+        "none",
+        "--output_dir",
+        str(output),
+        *common,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = json.loads((output / "config.json").read_text())
+    assert (config["architecture"], config["image_size"], config["num_channels"]) == ("conv", 32, 3)
+    assert (config["likelihood"], config["num_classes"]) == ("discretized_logistic", 2)
+    model = VAEModel.from_pretrained(output)
+    assert model.sample(2, labels=1).shape == (2, 3, 32, 32)
+    for picture in ("samples.png", "reconstructions.png", "interpolation.png"):
+        with Image.open(output / picture) as image:
+            assert image.mode in ("RGB", "RGBA") and image.width > 32, picture
+
+    grey = tmp_path / "grey"
+    digits = coloured_shapes(12, 28, seed=2).map(lambda row: {"image": row["image"].convert("L")})
+    datasets.DatasetDict({"train": digits}).save_to_disk(grey)
+    refused = run_cli(
+        "train",
+        "--dataset_name",
+        str(grey),
+        "--model_name_or_path",
+        str(output),
+        "--output_dir",
+        str(tmp_path / "continued"),
+        *common,
+        cwd=tmp_path,
+    )
+    assert refused.returncode != 0
+    assert "1x28x28" in refused.stderr and "3x32x32" in refused.stderr, refused.stderr

@@ -109,6 +109,18 @@ def _is_save_to_disk_folder(path: Path) -> bool:
     return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
 
 
+def _load_dataset(name: str, config_name: str | None, cache_dir: str | None) -> datasets.DatasetDict:
+    try:
+        return datasets.load_dataset(name, config_name, cache_dir=cache_dir)
+    except ValueError as error:
+        # `datasets` refuses a split whose data files hold no rows before we see it.
+        if "corresponds to no data" not in str(error):
+            raise
+        raise DataError(
+            f"Dataset {name!r} has an empty split ({error}); give that split images or remove its data files."
+        ) from error
+
+
 def load_image_dataset(
     dataset_name: str, dataset_config_name: str | None = None, cache_dir: str | None = None
 ) -> datasets.DatasetDict:
@@ -121,11 +133,11 @@ def load_image_dataset(
             if isinstance(loaded, datasets.Dataset):
                 loaded = datasets.DatasetDict({"train": loaded})
             return loaded
-        return datasets.load_dataset(str(path), dataset_config_name, cache_dir=cache_dir)
+        return _load_dataset(str(path), dataset_config_name, cache_dir)
     if dataset_name.startswith((".", "/", "~")):
         raise DataError(f"No dataset folder at {dataset_name!r} (resolved to {path.resolve()}); check the path.")
     try:
-        return datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
+        return _load_dataset(dataset_name, dataset_config_name, cache_dir)
     except (ConnectionError, OSError, TimeoutError) as error:
         if datasets.config.HF_HUB_OFFLINE:
             reason = "offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and it is not in the local cache"

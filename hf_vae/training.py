@@ -77,6 +77,10 @@ _LAUNCH_HINT = (
 )
 
 
+class TrainingSetupError(ValueError):
+    """A run that cannot start as asked (launch, output folder, checkpoint, model options)."""
+
+
 class TrainingDivergedError(RuntimeError):
     """The loss or the weights became NaN/inf; nothing was saved from the broken state."""
 
@@ -103,19 +107,24 @@ class LoopState:
 # ---------------------------------------------------------------------------------------------- model & data
 def build_model(model_args: ModelArguments) -> VAEModel:
     """A new model from a preset (with overrides), or a saved model to continue training."""
-    overrides = model_args.config_overrides()
-    if model_args.model_name_or_path is None:
-        return VAEModel(VAEConfig.from_preset(model_args.preset, **overrides))
-    model = VAEModel.from_pretrained(model_args.model_name_or_path)
-    changed = {name: value for name, value in overrides.items() if getattr(model.config, name, None) != value}
-    if not changed:
-        return model
-    config = VAEConfig.from_dict({**model.config.to_dict(), **changed})
-    updated = VAEModel(config)
+    try:
+        overrides = model_args.config_overrides()
+        if model_args.model_name_or_path is None:
+            return VAEModel(VAEConfig.from_preset(model_args.preset, **overrides))
+        source = model_args.model_name_or_path
+        if source.startswith((".", "/", "~")) and not Path(source).expanduser().is_dir():
+            raise TrainingSetupError(f"--model_name_or_path: no saved model folder at {source!r}; check the path.")
+        model = VAEModel.from_pretrained(source)
+        changed = {name: value for name, value in overrides.items() if getattr(model.config, name, None) != value}
+        if not changed:
+            return model
+        updated = VAEModel(VAEConfig.from_dict({**model.config.to_dict(), **changed}))
+    except (OSError, ValueError) as error:  # a bad preset, option value or model folder
+        raise TrainingSetupError(str(error)) from error
     old_shapes = {name: tensor.shape for name, tensor in model.state_dict().items()}
     new_shapes = {name: tensor.shape for name, tensor in updated.state_dict().items()}
     if old_shapes != new_shapes:
-        raise ValueError(
+        raise TrainingSetupError(
             f"{sorted(changed)} would change the network of {model_args.model_name_or_path!r}, so its weights would "
             "not fit. Only options such as --beta, --free_bits, --dropout or --binarize can change when continuing "
             "from a saved model; drop the others or train a new model with --preset."
@@ -250,10 +259,6 @@ def _tensor_batches(data: ImageTensors, batch_size: int):
 
 
 # ---------------------------------------------------------------------------------------------- setup
-class TrainingSetupError(ValueError):
-    """A run that cannot start as asked (launch, output folder, checkpoint, model options)."""
-
-
 def _check_world_size(accelerator: Accelerator) -> None:
     """Refuse two unsynchronised copies: `accelerate launch --multi_gpu` on a machine without GPUs starts processes
     that each believe they are alone."""

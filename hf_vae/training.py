@@ -50,7 +50,14 @@ from .data import (
     to_pixel_values,
 )
 from .modeling_vae import VAEModel
-from .training_args import DataArguments, ModelArguments, TrainingArguments, parse_args, save_arguments
+from .training_args import (
+    DataArguments,
+    ModelArguments,
+    TrainingArguments,
+    parse_args,
+    resolve_defaults,
+    save_arguments,
+)
 
 logger = get_logger(__name__)
 
@@ -518,6 +525,7 @@ def _check_finite_weights(model: torch.nn.Module, state: LoopState) -> None:
 def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict[str, Any]:
     """Train, evaluate and write everything to `args.output_dir`; return the train results."""
     run_started = time.perf_counter()
+    args = resolve_defaults(model_args, args)
     output_dir = Path(args.output_dir)
     trackers = [name for name in args.report_to_list if name != "none"]
     accelerator = Accelerator(
@@ -676,6 +684,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         if state.step_in_epoch:
             batches = accelerator.skip_first_batches(train_loader, state.step_in_epoch)
         checkpoint_at_epoch_end = checkpoint_every is None and args.checkpointing_steps == "epoch"
+        learning_rate = step_optimizer.param_groups[0]["lr"]
         for batch in batches:
             images = batch["pixel_values"]
             if dynamic:
@@ -691,6 +700,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
                 if synced and args.max_grad_norm is not None:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 if synced:
+                    learning_rate = step_optimizer.param_groups[0]["lr"]  # the rate this step used, for the log
                     step_optimizer.step()
                     step_optimizer.zero_grad(set_to_none=True)
                     if not metric_scheduler:
@@ -730,7 +740,6 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         totals = losses.epoch_totals()
         train_metrics = [total / max(totals[3], 1.0) for total in totals[:3]]
         val_metrics, validation_images = validate()
-        learning_rate = optimizer.param_groups[0]["lr"]
         if metric_scheduler:
             scheduler.step(val_metrics["loss"])
         state.epochs_without_improvement = (

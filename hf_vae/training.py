@@ -665,7 +665,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         losses.flush(state.epoch, last_checkpoint)
         _check_finite_weights(unwrapped, state)
         state.epoch_sums = losses.epoch_totals()
-        state.epoch_time = time.perf_counter() - epoch_started
+        state.epoch_time = time.perf_counter() - epoch_started if state.step_in_epoch else 0.0
         last_checkpoint = save_checkpoint(accelerator, state, output_dir, args.save_total_limit)
         side_seconds += time.perf_counter() - started
 
@@ -703,8 +703,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
                     learning_rate = step_optimizer.param_groups[0]["lr"]  # the rate this step used, for the log
                     step_optimizer.step()
                     step_optimizer.zero_grad(set_to_none=True)
-                    if not metric_scheduler:
-                        scheduler.step()
+                    if not metric_scheduler and not getattr(step_optimizer, "step_was_skipped", False):
+                        scheduler.step()  # not after a step the fp16 gradient scaler skipped
             losses.add(state.global_step + 1, images.shape[0], outputs)
             state.step_in_epoch += 1
             images_trained += images.shape[0]

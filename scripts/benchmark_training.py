@@ -1,0 +1,235 @@
+"""Train samples/second of hf-vae's training loop against the reference tutorial's loop, in one process.
+
+The reference pattern: a torch `DataLoader` (shuffle, batch 128) over a torchvision-style MNIST dataset that makes a
+PIL image of each sample and applies `transforms.ToTensor()`, the tutorial's `nn.Module`, Adam 1e-3 and the
+BCE-sum + KL loss, with a `.item()` per step. Ours: `hf_vae.training.train` on the `mnist-2d` preset (the same
+network), batch 128, Adam 1e-3. Both train on the same 54k images (MNIST train minus the seeded 10% validation
+split that `hf-vae train` holds out) and report the validation loss (eval mode, z sampled) after every epoch, so
+that speed is compared at equal accuracy per epoch.
+
+    python scripts/benchmark_training.py --epochs 2 --rounds 2
+
+Samples/second count the training steps only (not validation). The rounds alternate reference and ours, so that a
+machine shared with other work slows both alike; the figure reported is each loop's best round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from hf_vae.data import load_splits
+from hf_vae.training import train
+from hf_vae.training_args import DataArguments, ModelArguments, TrainingArguments
+
+DEFAULT_MNIST = Path(__file__).resolve().parents[2] / "shared" / "mnist"
+
+
+# ---------------------------------------------------------------------------------------------- the reference
+class TorchvisionStyleMNIST(Dataset):
+    """What `torchvision.datasets.MNIST` does per sample: uint8 array -> PIL image -> transform."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor | None, transform):
+        self.data = images[:, 0].numpy()
+        self.targets = targets.tolist() if targets is not None else [0] * len(self.data)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int):
+        image = Image.fromarray(self.data[index])
+        return self.transform(image), self.targets[index]
+
+
+class TutorialVAE(nn.Module):
+    """The reference tutorial's VAE (REFERENCE.md), unchanged."""
+
+    def __init__(self, input_dim: int = 784, latent_dim: int = 2, hidden_dim: int = 256, beta: float = 1.0):
+        super().__init__()
+        self.input_dim, self.beta = input_dim, beta
+        self.encoder = nn.Sequential(
+            nn.Linear(input_dim, hidden_dim),
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(),
+            nn.Dropout(0.2),
+            nn.Linear(hidden_dim, hidden_dim // 2),
+            nn.BatchNorm1d(hidden_dim // 2),
+            nn.ReLU(),
+            nn.Dropout(0.2),
+        )
+        self.fc_mu = nn.Linear(hidden_dim // 2, latent_dim)
+        self.fc_logvar = nn.Linear(hidden_dim // 2, latent_dim)
+        self.decoder = nn.Sequential(
+            nn.Linear(latent_dim, hidden_dim // 2),
+            nn.BatchNorm1d(hidden_dim // 2),
+            nn.ReLU(),
+            nn.Dropout(0.2),
+            nn.Linear(hidden_dim // 2, hidden_dim),
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(),
+            nn.Dropout(0.2),
+            nn.Linear(hidden_dim, input_dim),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x):
+        hidden = self.encoder(x.view(-1, self.input_dim))
+        mu, logvar = self.fc_mu(hidden), self.fc_logvar(hidden)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return self.decoder(z), mu, logvar
+
+
+def tutorial_loss(recon_x, x, mu, logvar, beta: float = 1.0):
+    bce = F.binary_cross_entropy(recon_x, x.view(-1, 784), reduction="sum")
+    kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    return bce + beta * kld, bce, kld
+
+
+class ReferenceRun:
+    """The tutorial's loop, one epoch per call, state kept between calls."""
+
+    def __init__(self, train_set: Dataset, val_set: Dataset, seed: int):
+        torch.manual_seed(seed)
+        self.model = TutorialVAE()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min", factor=0.5, patience=5)
+        self.train_loader = DataLoader(train_set, batch_size=128, shuffle=True)
+        self.val_loader = DataLoader(val_set, batch_size=128, shuffle=False)
+
+    def epoch(self) -> dict[str, float]:
+        self.model.train()
+        started = time.perf_counter()
+        train_loss = 0.0
+        for data, _ in self.train_loader:
+            self.optimizer.zero_grad()
+            recon, mu, logvar = self.model(data)
+            loss, _, _ = tutorial_loss(recon, data, mu, logvar)
+            loss.backward()
+            train_loss += loss.item()
+            self.optimizer.step()
+        train_seconds = time.perf_counter() - started
+        self.model.eval()
+        val_loss = 0.0
+        with torch.no_grad():
+            for data, _ in self.val_loader:
+                recon, mu, logvar = self.model(data)
+                val_loss += tutorial_loss(recon, data, mu, logvar)[0].item()
+        val_loss /= len(self.val_loader.dataset)
+        self.scheduler.step(val_loss)
+        return {
+            "train_seconds": train_seconds,
+            "epoch_seconds": time.perf_counter() - started,
+            "train_loss": train_loss / len(self.train_loader.dataset),
+            "val_loss": val_loss,
+        }
+
+
+def run_reference(train_set: Dataset, val_set: Dataset, epochs: int, seed: int) -> dict:
+    run = ReferenceRun(train_set, val_set, seed)
+    rows = [run.epoch() for _ in range(epochs)]
+    train_seconds = sum(row["train_seconds"] for row in rows)
+    return {
+        "samples_per_second": len(train_set) * epochs / train_seconds,
+        "train_seconds": train_seconds,
+        "epochs": rows,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- ours
+def run_ours(dataset_name: str, epochs: int, seed: int, extra: dict) -> dict:
+    with tempfile.TemporaryDirectory(prefix="hf-vae-bench-") as output_dir:
+        training_args = TrainingArguments(
+            output_dir=output_dir,
+            num_train_epochs=epochs,
+            per_device_train_batch_size=128,
+            learning_rate=1e-3,
+            lr_scheduler_type="reduce_lr_on_plateau",
+            seed=seed,
+            checkpointing_steps="no",
+            skip_figures=True,
+            disable_tqdm=True,
+            **extra,
+        )
+        results = train(ModelArguments(preset="mnist-2d"), DataArguments(dataset_name=dataset_name), training_args)
+        metrics = (Path(output_dir) / "metrics.csv").read_text().splitlines()
+    header = metrics[0].split(",")
+    rows = [dict(zip(header, map(float, line.split(",")), strict=True)) for line in metrics[1:]]
+    return {
+        "samples_per_second": results["train_samples_per_second"],
+        "train_seconds": results["training_steps_seconds"],
+        "epochs": [
+            {"epoch_seconds": row["epoch_time"], "train_loss": row["train_loss"], "val_loss": row["val_loss"]}
+            for row in rows
+        ],
+    }
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset_name", default=str(DEFAULT_MNIST), help="MNIST, laid out like ylecun/mnist.")
+    parser.add_argument("--epochs", type=int, default=2, help="Epochs per loop and round.")
+    parser.add_argument("--rounds", type=int, default=1, help="Alternating reference/ours rounds.")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--num_threads", type=int, default=None, help="torch.set_num_threads for both loops.")
+    parser.add_argument("--skip_reference", action="store_true", help="Time our loop only.")
+    parser.add_argument("--mixed_precision", default=None, help="Also pass this to our loop (e.g. bf16).")
+    parser.add_argument("--output", default=None, help="Write the figures as JSON here.")
+    args = parser.parse_args()
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+
+    splits = load_splits(args.dataset_name, validation_split=0.1, seed=args.seed)
+    to_tensor = transforms.ToTensor()
+    train_set = TorchvisionStyleMNIST(splits.train.images, splits.train.labels, to_tensor)
+    val_set = TorchvisionStyleMNIST(splits.validation.images, splits.validation.labels, to_tensor)
+    extra = {"mixed_precision": args.mixed_precision} if args.mixed_precision else {}
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(train_set)} training images, "
+        f"{len(val_set)} validation images; {args.epochs} epoch(s) x {args.rounds} round(s)",
+        flush=True,
+    )
+
+    results: dict[str, list[dict]] = {"reference": [], "hf_vae": []}
+    for round_index in range(args.rounds):
+        if not args.skip_reference:
+            results["reference"].append(run_reference(train_set, val_set, args.epochs, args.seed))
+            print(f"round {round_index + 1} reference: {results['reference'][-1]['samples_per_second']:.0f} samples/s")
+        results["hf_vae"].append(run_ours(args.dataset_name, args.epochs, args.seed, extra))
+        print(f"round {round_index + 1} hf-vae:    {results['hf_vae'][-1]['samples_per_second']:.0f} samples/s")
+
+    print("\nvalidation loss after each epoch (nats per image, eval mode, z sampled):")
+    for name, runs in results.items():
+        for round_index, run in enumerate(runs):
+            losses = " ".join(f"{row['val_loss']:.2f}" for row in run["epochs"])
+            seconds = " ".join(f"{row['epoch_seconds']:.2f}" for row in run["epochs"])
+            print(f"  {name:<9} round {round_index + 1}: val {losses} | epoch wall s {seconds}")
+    summary = {}
+    for name, runs in results.items():
+        if runs:
+            speeds = [run["samples_per_second"] for run in runs]
+            summary[name] = {"best": max(speeds), "median": statistics.median(speeds)}
+            print(f"{name:<9} train samples/s: best {max(speeds):.0f}, median {statistics.median(speeds):.0f}")
+    if "reference" in summary:
+        ratio = summary["hf_vae"]["best"] / summary["reference"]["best"]
+        median_ratio = summary["hf_vae"]["median"] / summary["reference"]["median"]
+        summary["ratio_best"], summary["ratio_median"] = ratio, median_ratio
+        print(f"speed-up (hf-vae / reference): {ratio:.2f}x best, {median_ratio:.2f}x median")
+    if args.output:
+        Path(args.output).write_text(json.dumps({"summary": summary, "runs": results}, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()

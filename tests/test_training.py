@@ -28,17 +28,16 @@ from safetensors.torch import load_file
 
 from hf_vae import VAEConfig, VAEModel
 from hf_vae.data import load_splits
-from hf_vae.training import (
+from hf_vae.training import KILL_AFTER_STEP_ENV, main
+from hf_vae.training_args import ModelArguments, parse_args
+from hf_vae.training_utils import (
     CHECKPOINTS_DIR,
-    KILL_AFTER_STEP_ENV,
     METRICS_COLUMNS,
     STATE_FILE,
     build_model,
     checkpoint_folders,
-    main,
     resolve_checkpoint,
 )
-from hf_vae.training_args import ModelArguments, parse_args
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "mnist"

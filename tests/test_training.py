@@ -390,3 +390,20 @@ def test_yaml_arguments_file(tmp_path, synthetic):
     path.write_text("output_dir: out\nlearning_rat: 0.1\n")
     with pytest.raises(ValueError, match="learning_rat"):
         parse_args([str(path)])
+
+
+def test_figures_every_epoch_leave_training_unchanged(synthetic, tmp_path):
+    common = ["--dataset_name", str(synthetic), *TINY, "--num_train_epochs", "2", "--checkpointing_steps", "no"]
+    assert train_here(*common, "--output_dir", str(tmp_path / "plain")) == 0
+    pictured = tmp_path / "pictured"
+    assert (
+        train_here(
+            *[a for a in common if a != "--skip_figures"], "--plot_every_n_epochs", "1", "--output_dir", str(pictured)
+        )
+        == 0
+    )
+    for folder in (pictured, pictured / "figures" / "epoch-1", pictured / "figures" / "epoch-2"):
+        assert (folder / "samples.png").is_file() and (folder / "reconstructions.png").is_file()
+    assert (pictured / "training_curves.png").is_file()
+    plain, with_figures = load_file(tmp_path / "plain" / "model.safetensors"), load_file(pictured / "model.safetensors")
+    assert all(torch.equal(plain[name], with_figures[name]) for name in plain)

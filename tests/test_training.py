@@ -407,3 +407,17 @@ def test_figures_every_epoch_leave_training_unchanged(synthetic, tmp_path):
     assert (pictured / "training_curves.png").is_file()
     plain, with_figures = load_file(tmp_path / "plain" / "model.safetensors"), load_file(pictured / "model.safetensors")
     assert all(torch.equal(plain[name], with_figures[name]) for name in plain)
+
+
+def test_push_to_hub_uploads_the_trained_model(synthetic, tmp_path, hub_server, hub_env, hub_repo_id):
+    from huggingface_hub import HfApi
+
+    output_dir = tmp_path / "pushed"
+    completed = run_cli(
+        "--dataset_name", str(synthetic), *TINY, "--num_train_epochs", "1", "--output_dir", str(output_dir),
+        "--push_to_hub", "--hub_model_id", hub_repo_id, env=hub_env,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    files = HfApi(endpoint=hub_server).list_repo_files(hub_repo_id)
+    assert {"config.json", "model.safetensors", "metrics.csv", "train_results.json", "eval_results.json"} <= set(files)
+    assert not any(name.startswith(CHECKPOINTS_DIR) for name in files)

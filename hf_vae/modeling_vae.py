@@ -125,10 +125,21 @@ def _normalization(config: VAEConfig, features: int, spatial: bool) -> nn.Module
     return None
 
 
+class VAEDropout(nn.Dropout):
+    """`nn.Dropout` with the mask drawn as `rand >= p` instead of `bernoulli_`: the same distribution, but
+    vectorised on CPU, where `bernoulli_` alone was about 14% of a small model's training step."""
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return hidden
+        keep = (torch.rand_like(hidden) >= self.p).to(hidden.dtype).mul_(1.0 / (1.0 - self.p))
+        return hidden * keep
+
+
 def _dropout(config: VAEConfig) -> nn.Module:
     # An Identity stands in for a zero dropout so that weight names do not depend on it: a checkpoint trained with
     # dropout loads with `dropout=0.0` (and the reverse).
-    return nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+    return VAEDropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
 
 def _mlp_block(in_features: int, out_features: int, config: VAEConfig) -> list[nn.Module]:

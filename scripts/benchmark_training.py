@@ -23,12 +23,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from hf_vae.convert import TutorialVAE
 from hf_vae.data import load_splits
 from hf_vae.training import train
 from hf_vae.training_args import DataArguments, ModelArguments, TrainingArguments
@@ -53,50 +52,6 @@ class TorchvisionStyleMNIST(Dataset):
         return self.transform(image), self.targets[index]
 
 
-class TutorialVAE(nn.Module):
-    """The reference tutorial's VAE (REFERENCE.md), unchanged."""
-
-    def __init__(self, input_dim: int = 784, latent_dim: int = 2, hidden_dim: int = 256, beta: float = 1.0):
-        super().__init__()
-        self.input_dim, self.beta = input_dim, beta
-        self.encoder = nn.Sequential(
-            nn.Linear(input_dim, hidden_dim),
-            nn.BatchNorm1d(hidden_dim),
-            nn.ReLU(),
-            nn.Dropout(0.2),
-            nn.Linear(hidden_dim, hidden_dim // 2),
-            nn.BatchNorm1d(hidden_dim // 2),
-            nn.ReLU(),
-            nn.Dropout(0.2),
-        )
-        self.fc_mu = nn.Linear(hidden_dim // 2, latent_dim)
-        self.fc_logvar = nn.Linear(hidden_dim // 2, latent_dim)
-        self.decoder = nn.Sequential(
-            nn.Linear(latent_dim, hidden_dim // 2),
-            nn.BatchNorm1d(hidden_dim // 2),
-            nn.ReLU(),
-            nn.Dropout(0.2),
-            nn.Linear(hidden_dim // 2, hidden_dim),
-            nn.BatchNorm1d(hidden_dim),
-            nn.ReLU(),
-            nn.Dropout(0.2),
-            nn.Linear(hidden_dim, input_dim),
-            nn.Sigmoid(),
-        )
-
-    def forward(self, x):
-        hidden = self.encoder(x.view(-1, self.input_dim))
-        mu, logvar = self.fc_mu(hidden), self.fc_logvar(hidden)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        return self.decoder(z), mu, logvar
-
-
-def tutorial_loss(recon_x, x, mu, logvar, beta: float = 1.0):
-    bce = F.binary_cross_entropy(recon_x, x.view(-1, 784), reduction="sum")
-    kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
-    return bce + beta * kld, bce, kld
-
-
 class ReferenceRun:
     """The tutorial's loop, one epoch per call, state kept between calls."""
 
@@ -115,7 +70,7 @@ class ReferenceRun:
         for data, _ in self.train_loader:
             self.optimizer.zero_grad()
             recon, mu, logvar = self.model(data)
-            loss, _, _ = tutorial_loss(recon, data, mu, logvar)
+            loss, _, _ = self.model.loss_function(recon, data, mu, logvar)
             loss.backward()
             train_loss += loss.item()
             self.optimizer.step()
@@ -125,7 +80,7 @@ class ReferenceRun:
         with torch.no_grad():
             for data, _ in self.val_loader:
                 recon, mu, logvar = self.model(data)
-                val_loss += tutorial_loss(recon, data, mu, logvar)[0].item()
+                val_loss += self.model.loss_function(recon, data, mu, logvar)[0].item()
         val_loss /= len(self.val_loader.dataset)
         self.scheduler.step(val_loss)
         return {

@@ -483,10 +483,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO
     )
+    from .hub import HubPushError
+
     try:
         train(*arguments)
     except (DataError, TrainingSetupError, TrainingDivergedError) as error:
         print(f"hf-vae train: error: {error}", file=sys.stderr)
+        return 1
+    except HubPushError as error:
+        output_dir = arguments[2].output_dir
+        print(
+            f"hf-vae train: error: the model was trained and saved in {output_dir}, but the push failed: {error}\n"
+            f"Push it again with: hf-vae push --model_dir {output_dir} --repo_id {arguments[2].hub_model_id}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

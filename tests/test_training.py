@@ -421,3 +421,19 @@ def test_push_to_hub_uploads_the_trained_model(synthetic, tmp_path, hub_server, 
     files = HfApi(endpoint=hub_server).list_repo_files(hub_repo_id)
     assert {"config.json", "model.safetensors", "metrics.csv", "train_results.json", "eval_results.json"} <= set(files)
     assert not any(name.startswith(CHECKPOINTS_DIR) for name in files)
+
+
+def test_failed_push_keeps_the_trained_model_and_says_how_to_push_again(
+    synthetic, tmp_path, hub_server, hub_env, hub_repo_id
+):
+    output_dir = tmp_path / "trained"
+    completed = run_cli(
+        "--dataset_name", str(synthetic), *TINY, "--num_train_epochs", "1", "--output_dir", str(output_dir),
+        "--push_to_hub", "--hub_model_id", hub_repo_id, env={**hub_env, "HF_TOKEN": "hf_wrong_token"},
+    )  # fmt: skip
+    assert completed.returncode == 1
+    assert "Traceback" not in completed.stderr
+    assert f"saved in {output_dir}" in completed.stderr
+    assert f"hf-vae push --model_dir {output_dir} --repo_id {hub_repo_id}" in completed.stderr
+    assert "hf_wrong_token" not in completed.stderr + completed.stdout
+    assert VAEModel.from_pretrained(output_dir).config.latent_dim > 0

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from accelerate.tracking import get_available_trackers
 from transformers import HfArgumentParser, SchedulerType
 
 from .configuration_vae import PRESETS, VAEConfig
@@ -214,6 +215,13 @@ class TrainingArguments:
         )
         unknown = [name for name in self.report_to_list if name not in REPORT_TO]
         _require(not unknown, f"--report_to: unknown tracker(s) {unknown}; choose from {list(REPORT_TO)}.")
+        installed = {str(tracker.value) for tracker in get_available_trackers()}
+        missing = [name for name in self.report_to_list if name not in ("none", "all") and name not in installed]
+        _require(
+            not missing,
+            f"--report_to {','.join(missing)}: not installed, so nothing would be logged. Install it "
+            f"(`pip install {' '.join(missing)}`) or choose from the installed trackers {sorted(installed) or 'none'}.",
+        )
         _require(
             not self.push_to_hub or bool(self.hub_model_id),
             "--push_to_hub needs --hub_model_id (the repo to create or update, e.g. 'your-name/vae-mnist').",

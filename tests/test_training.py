@@ -437,3 +437,17 @@ def test_failed_push_keeps_the_trained_model_and_says_how_to_push_again(
     assert f"hf-vae push --model_dir {output_dir} --repo_id {hub_repo_id}" in completed.stderr
     assert "hf_wrong_token" not in completed.stderr + completed.stdout
     assert VAEModel.from_pretrained(output_dir).config.latent_dim > 0
+
+
+def test_a_tracker_that_is_not_installed_is_refused(synthetic, tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("dvclive") is not None:
+        pytest.skip("dvclive is installed here")
+    output_dir = tmp_path / "run"
+    assert (
+        train_here("--dataset_name", str(synthetic), *TINY, "--report_to", "dvclive", "--output_dir", str(output_dir))
+        == 2
+    )
+    assert "--report_to dvclive: not installed" in capsys.readouterr().err
+    assert not output_dir.exists()

@@ -102,6 +102,11 @@ def _positive_int(name: str, value: Any) -> None:
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
 
 
+def _positive_int_list(name: str, value: Any) -> None:
+    if not isinstance(value, list) or not value or not all(_is_int(item) and item > 0 for item in value):
+        raise ValueError(f"`{name}` must be a non-empty list of positive integers, got {value!r}.")
+
+
 class VAEConfig(PretrainedConfig):
     r"""Configuration of a [`VAEModel`]: architecture, latent space, likelihood and loss weights.
 
@@ -185,22 +190,8 @@ class VAEConfig(PretrainedConfig):
         _positive_int("image_size", self.image_size)
         _positive_int("num_channels", self.num_channels)
         _positive_int("latent_dim", self.latent_dim)
-        if (
-            not isinstance(self.hidden_sizes, list)
-            or not self.hidden_sizes
-            or not all(_is_int(size) and size > 0 for size in self.hidden_sizes)
-        ):
-            raise ValueError(
-                f"`hidden_sizes` must be a non-empty list of positive integers, got {self.hidden_sizes!r}."
-            )
-        if (
-            not isinstance(self.conv_channels, list)
-            or not self.conv_channels
-            or not all(_is_int(channels) and channels > 0 for channels in self.conv_channels)
-        ):
-            raise ValueError(
-                f"`conv_channels` must be a non-empty list of positive integers, got {self.conv_channels!r}."
-            )
+        _positive_int_list("hidden_sizes", self.hidden_sizes)
+        _positive_int_list("conv_channels", self.conv_channels)
         if not _is_int(self.num_res_blocks) or self.num_res_blocks < 0:
             raise ValueError(f"`num_res_blocks` must be an integer >= 0, got {self.num_res_blocks!r}.")
         if not isinstance(self.use_batch_norm, bool):

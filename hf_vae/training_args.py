@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from accelerate.tracking import get_available_trackers
 from transformers import HfArgumentParser, SchedulerType
 
@@ -264,22 +265,34 @@ def resolve_defaults(model_args: ModelArguments, training_args: TrainingArgument
 
 
 def parse_args(argv: list[str] | None = None) -> ArgumentTuple:
-    """Parse flags, or a single `.json` / `.yaml` file holding the same names (such as a run's
-    `training_args.json`)."""
+    """Parse flags, or a `.json` / `.yaml` file holding the same names (such as a run's `training_args.json` or a
+    recipe in `configs/`) followed by any flags, which override the file's values
+    (`hf-vae train configs/mnist-2d.json --dataset_name ylecun/mnist`)."""
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     parser.prog = "hf-vae train"
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        path = Path(argv[0])
-        if not path.is_file():
-            raise FileNotFoundError(f"Arguments file {path} does not exist.")
-        if path.suffix == ".json":
-            model_args, data_args, training_args = parser.parse_json_file(path, allow_extra_keys=False)
-        else:
-            model_args, data_args, training_args = parser.parse_yaml_file(path, allow_extra_keys=False)
-    else:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if argv and argv[0].endswith((".json", ".yaml", ".yml")):
+        values = _read_arguments_file(Path(argv[0]), parser)
+        parser.set_defaults(**values)
+        for action in parser._actions:
+            action.required = action.required and action.dest not in values  # the file gives it
+        argv = argv[1:]
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     return model_args, data_args, resolve_defaults(model_args, training_args)
+
+
+def _read_arguments_file(path: Path, parser: HfArgumentParser) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"Arguments file {path} does not exist.")
+    text = path.read_text()
+    values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"Arguments file {path} must hold a mapping of option names to values.")
+    known = {action.dest for action in parser._actions}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"Arguments file {path}: unknown option(s) {unknown}; `hf-vae train --help` lists them.")
+    return values
 
 
 def arguments_to_dict(arguments: ArgumentTuple) -> dict[str, Any]:

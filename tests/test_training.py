@@ -451,3 +451,24 @@ def test_a_tracker_that_is_not_installed_is_refused(synthetic, tmp_path, capsys)
     )
     assert "--report_to dvclive: not installed" in capsys.readouterr().err
     assert not output_dir.exists()
+
+
+def test_an_arguments_file_is_overridden_by_the_flags_after_it(tmp_path):
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "mnist-2d.json"
+    model_args, data_args, training_args = parse_args(
+        [str(recipe), "--dataset_name", "elsewhere/mnist", "--output_dir", str(tmp_path / "run"), "--seed", "7"]
+    )
+    values = json.loads(recipe.read_text())
+    assert data_args.dataset_name == "elsewhere/mnist" and training_args.output_dir == str(tmp_path / "run")
+    assert training_args.seed == 7
+    assert model_args.preset == values["preset"] and training_args.learning_rate == values["learning_rate"]
+    assert training_args.per_device_train_batch_size == values["per_device_train_batch_size"]
+
+    yaml_file = tmp_path / "recipe.yaml"
+    yaml_file.write_text("preset: mnist-2d\noutput_dir: from-file\nlatent_dim: 3\n")
+    model_args, _, training_args = parse_args([str(yaml_file)])
+    assert training_args.output_dir == "from-file" and model_args.latent_dim == 3
+
+    yaml_file.write_text("preset: mnist-2d\nlatnet_dim: 3\n")
+    with pytest.raises(ValueError, match="unknown option.*latnet_dim"):
+        parse_args([str(yaml_file), "--output_dir", str(tmp_path)])

@@ -23,6 +23,7 @@ import os
 import uuid
 
 import pytest
+import torch
 from hub_server import DEFAULT_TOKEN, DEFAULT_USER, run_hub_server, subprocess_env
 
 # The local server speaks classic LFS, not Xet. Set before anything imports huggingface_hub, which reads it once.
@@ -52,3 +53,13 @@ def hub_repo_id() -> str:
 def hub_env(hub_server, hub_token, tmp_path) -> dict[str, str]:
     """Environment for a subprocess that talks to `hub_server`, with an empty `HF_HOME` of its own."""
     return subprocess_env(hub_server, hub_token, tmp_path / "hf_home")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models train faster on one thread than on two that synchronise on a busy 2-core machine. Use with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

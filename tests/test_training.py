@@ -112,12 +112,7 @@ def train_here(*args: str) -> int:
         GradientState._reset_state()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def read_metrics(output_dir: Path) -> list[dict[str, str]]:

@@ -32,13 +32,7 @@ IMAGE_SIZE = 8
 ALL_FIGURES = {"samples", "reconstructions", "latent_space", "latent_manifold", "interpolation", "training_curves"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread avoids the cost of synchronising threads on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def bar_images(count: int, seed: int = 0) -> ImageTensors:

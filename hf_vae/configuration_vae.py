@@ -139,6 +139,10 @@ class VAEConfig(PretrainedConfig):
         beta (`float`, defaults to 1.0): weight of the KL term, loss = reconstruction + beta * KL (beta-VAE).
         free_bits (`float`, defaults to 0.0): minimum KL in nats per latent dimension used in the training
             loss (Kingma et al. 2016); the reported `kl_loss` is always the true KL.
+        num_importance_samples (`int`, defaults to 1): K posterior samples per image in the loss. 1 is the ELBO;
+            K > 1 trains on the importance-weighted bound (IWAE, Burda et al. 2015), tighter than the ELBO, which
+            buys a better test log-likelihood for K decoder passes per image. `loss` is then minus that bound;
+            `reconstruction_loss` and `kl_loss` stay the ELBO's terms (averaged over the K samples).
         likelihood (`str`, defaults to `"bernoulli"`): the decoder's distribution over pixels in [0, 1].
             `"bernoulli"` gives the binary cross-entropy of the reference tutorial, for binary or near-binary
             images (MNIST). `"discretized_logistic"` is for greyscale and colour photographs: each pixel is one
@@ -170,6 +174,7 @@ class VAEConfig(PretrainedConfig):
     activation: str = "relu"
     beta: float = 1.0
     free_bits: float = 0.0
+    num_importance_samples: int = 1
     likelihood: str = "bernoulli"
     num_classes: int | None = None
     binarize: str = "none"
@@ -207,6 +212,12 @@ class VAEConfig(PretrainedConfig):
         if not _is_number(self.free_bits) or self.free_bits < 0:
             raise ValueError(
                 f"`free_bits` must be a finite number >= 0 (nats per latent unit), got {self.free_bits!r}."
+            )
+        _positive_int("num_importance_samples", self.num_importance_samples)
+        if self.num_importance_samples > 1 and self.free_bits > 0:
+            raise ValueError(
+                f"`free_bits` ({self.free_bits!r}) applies to the ELBO only, but `num_importance_samples` is "
+                f"{self.num_importance_samples}: set free_bits to 0 or num_importance_samples to 1."
             )
         if self.num_classes is not None and (not _is_int(self.num_classes) or self.num_classes < 2):
             raise ValueError(

@@ -539,19 +539,24 @@ class VAEModel(VAEPreTrainedModel):
         pixel_values = self._prepare_pixels(pixel_values)
         condition = self._condition(labels, pixel_values.shape[0])
         mean, logvar = self.encoder(pixel_values, condition)
+        kl = self.kl_per_dimension(mean, logvar)
+        batch_size = pixel_values.shape[0]
+        kl_loss = kl.sum() / batch_size
+        if sample_posterior and self.config.num_importance_samples > 1:
+            output = self._importance_weighted_output(
+                pixel_values, condition, mean, logvar, kl_loss, kl_weight, generator
+            )
+            return output if return_dict else output.to_tuple()
         if sample_posterior:
             latents = mean + torch.exp(0.5 * logvar) * self._standard_normal(mean.shape, mean, generator)
         else:
             latents = mean
         logits = self.decoder(latents, condition)
 
-        batch_size = pixel_values.shape[0]
         if self.config.likelihood == "bernoulli":
             reconstruction_loss = F.binary_cross_entropy_with_logits(logits, pixel_values, reduction="sum") / batch_size
         else:
             reconstruction_loss = self.reconstruction_nll(logits, pixel_values).sum() / batch_size
-        kl = self.kl_per_dimension(mean, logvar)
-        kl_loss = kl.sum() / batch_size
         kl_term = kl_loss
         if self.training and self.config.free_bits > 0:
             kl_term = kl.mean(0).clamp(min=self.config.free_bits).sum()
@@ -567,6 +572,38 @@ class VAEModel(VAEPreTrainedModel):
             latents=latents,
         )
         return output if return_dict else output.to_tuple()
+
+    def _importance_weighted_output(
+        self,
+        pixel_values: torch.Tensor,
+        condition: torch.Tensor | None,
+        mean: torch.Tensor,
+        logvar: torch.Tensor,
+        kl_loss: torch.Tensor,
+        kl_weight: float,
+        generator: torch.Generator | None,
+    ) -> VAEOutput:
+        """The IWAE loss: minus log (1/K) sum_k p(x|z_k) p(z_k)^w / q(z_k|x)^w with w = beta * kl_weight, so that KL
+        warm-up and beta act on the prior/posterior ratio as they act on the KL in the ELBO."""
+        count, batch = self.config.num_importance_samples, pixel_values.shape[0]
+        eps = self._standard_normal((count, *mean.shape), mean, generator)
+        latents = mean + torch.exp(0.5 * logvar) * eps  # (K, B, D)
+        flat_condition = None if condition is None else condition.repeat(count, 1)
+        logits = self.decoder(latents.reshape(count * batch, -1), flat_condition)
+        targets = pixel_values.expand(count, *pixel_values.shape).reshape(count * batch, *pixel_values.shape[1:])
+        nll = self.reconstruction_nll(logits, targets).view(count, batch)
+        log_prior_ratio = 0.5 * (eps.pow(2) + logvar - latents.pow(2)).sum(-1)  # log p(z) - log q(z|x)
+        log_weights = log_prior_ratio * (self.config.beta * kl_weight) - nll
+        bound = torch.logsumexp(log_weights, dim=0) - math.log(count)
+        return VAEOutput(
+            loss=-bound.mean(),
+            reconstruction_loss=nll.mean(),
+            kl_loss=kl_loss,
+            logits=logits.view(count, batch, *logits.shape[1:])[0],
+            mean=mean,
+            logvar=logvar,
+            latents=latents[0],
+        )
 
     @_in_eval_mode
     @torch.no_grad()

@@ -51,6 +51,9 @@ class ModelArguments:
     likelihood: str | None = field(default=None, metadata={"help": "Decoder distribution over pixels."})
     beta: float | None = field(default=None, metadata={"help": "Weight of the KL term (beta-VAE)."})
     free_bits: float | None = field(default=None, metadata={"help": "Minimum KL per latent unit in the loss (nats)."})
+    num_importance_samples: int | None = field(
+        default=None, metadata={"help": "K > 1 trains on the importance-weighted bound (IWAE) with K samples."}
+    )
     num_classes: int | None = field(
         default=None, metadata={"help": "Train a conditional VAE on the label column with this many classes."}
     )

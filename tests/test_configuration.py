@@ -41,6 +41,8 @@ INVALID_FIELDS = [
     ("beta", math.nan, NON_NEGATIVE),
     ("beta", math.inf, NON_NEGATIVE),
     ("free_bits", -1.0, NON_NEGATIVE),
+    ("num_importance_samples", 0, POSITIVE_INT),
+    ("num_importance_samples", 2.5, POSITIVE_INT),
     ("num_classes", 1, NUM_CLASSES),
     ("num_classes", 0, NUM_CLASSES),
     ("num_classes", 10.0, NUM_CLASSES),
@@ -64,6 +66,11 @@ def test_invalid_field_raises_value_error_naming_field_value_and_allowed(name, v
 def test_invalid_field_in_preset_override_raises(name, value, allowed):
     with pytest.raises(ValueError, match=f"`{name}`"):
         VAEConfig.from_preset("mnist-2d", **{name: value})
+
+
+def test_free_bits_with_importance_weighted_loss_is_refused():
+    with pytest.raises(ValueError, match="`free_bits`.*ELBO only.*num_importance_samples"):
+        VAEConfig(free_bits=0.5, num_importance_samples=5)
 
 
 def test_unknown_preset_lists_the_available_ones():

@@ -523,3 +523,53 @@ def test_bernoulli_loss_matches_torch_bce_on_probabilities(mnist_2d):
     out = mnist_2d(pixels, generator=seeded(0))
     reference = F.binary_cross_entropy(torch.sigmoid(out.logits), pixels, reduction="sum") / 4
     torch.testing.assert_close(out.reconstruction_loss, reference, rtol=1e-5, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------- IWAE training loss
+def test_importance_weighted_loss_is_minus_the_iwae_estimate_with_the_same_draws(binary_batch):
+    """The training loss with K samples is the IWAE bound that `log_likelihood` estimates: with the same generator
+    both draw the same K x B latents, so they agree to float precision (beta = 1, kl_weight = 1)."""
+    config = VAEConfig.from_preset("mnist", latent_dim=4, hidden_sizes=[32, 16], num_importance_samples=7)
+    model = with_nontrivial_batch_norm(build(config)).eval()
+    pixels = binary_batch[:16]
+    out = model(pixels, generator=seeded(4))
+    iwae = model.log_likelihood(pixels, num_samples=7, generator=seeded(4))
+    torch.testing.assert_close(out.loss.double(), -iwae.mean(), rtol=1e-5, atol=1e-4)
+    assert out.logits.shape == pixels.shape and out.latents.shape == (16, 4)
+    assert torch.equal(out.kl_loss, model(pixels, sample_posterior=False).kl_loss)
+
+
+def test_importance_weighted_loss_is_tighter_than_the_elbo_and_trains_every_weight(binary_batch):
+    config = VAEConfig.from_preset("mnist", latent_dim=4, hidden_sizes=[32, 16])
+    elbo_model = with_nontrivial_batch_norm(build(config)).eval()
+    iwae_config = VAEConfig.from_preset("mnist", latent_dim=4, hidden_sizes=[32, 16], num_importance_samples=20)
+    iwae_model = with_nontrivial_batch_norm(build(iwae_config)).eval()
+    pixels = binary_batch[:64]
+    elbo_losses = torch.stack([elbo_model(pixels, generator=seeded(seed)).loss for seed in range(5)])
+    iwae_losses = torch.stack([iwae_model(pixels, generator=seeded(seed)).loss for seed in range(5)])
+    assert iwae_losses.mean() < elbo_losses.mean()
+    # Reported terms keep the ELBO's meaning: reconstruction averaged over the K samples, the exact KL.
+    out = iwae_model(pixels, generator=seeded(0))
+    assert out.reconstruction_loss + out.kl_loss > out.loss
+
+    iwae_model.train()
+    out = iwae_model(pixels, generator=seeded(0), kl_weight=0.5)
+    out.loss.backward()
+    assert all(parameter.grad is not None and parameter.grad.abs().sum() > 0 for parameter in iwae_model.parameters())
+
+
+def test_importance_weighted_kl_weight_scales_the_prior_ratio():
+    """kl_weight = 0 leaves only the likelihoods: loss = -log mean_k p(x|z_k)."""
+    config = VAEConfig(image_size=4, latent_dim=3, hidden_sizes=[8], dropout=0.0, num_importance_samples=4)
+    model = build(config).double().eval()
+    pixels = images(5, config).double()
+    out = model(pixels, generator=seeded(2), kl_weight=0.0)
+    eps = torch.randn((4, 5, 3), generator=seeded(2), dtype=torch.float64)
+    latents = out.mean + torch.exp(0.5 * out.logvar) * eps
+    logits = model.decode(latents.reshape(20, 3)).logits
+    nll = F.binary_cross_entropy_with_logits(logits, pixels.repeat(4, 1, 1, 1), reduction="none").flatten(1).sum(1)
+    expected = -(torch.logsumexp(-nll.view(4, 5), 0) - math.log(4)).mean()
+    torch.testing.assert_close(out.loss, expected)
+    torch.testing.assert_close(out.reconstruction_loss, nll.mean())
+    tuple_out = model(pixels, generator=seeded(2), kl_weight=0.0, return_dict=False)
+    torch.testing.assert_close(tuple_out[0], expected)

@@ -55,6 +55,7 @@ FILE_DESCRIPTIONS = {
     "train_results.json": "a summary of the training run",
     "eval_results.json": "the evaluation of the best model at the end of training",
     "evaluation.json": "the results of `hf-vae evaluate`",
+    "build.json": "the commands that trained and evaluated this model, and their wall times",
     CONVERSION_NAME: "where the weights were converted from and how the conversion was checked (`hf-vae convert`)",
     **{file: caption.lower() for file, caption in PICTURES},
 }
@@ -400,6 +401,7 @@ def build_model_card(
         conditional=conditional,
         num_classes=config.num_classes,
         latent_dim=config.latent_dim,
+        num_importance_samples=config.num_importance_samples,
         likelihood=config.likelihood,
         likelihood_description=LIKELIHOODS.get(config.likelihood, f"a {config.likelihood} likelihood over pixels"),
         binarization=BINARIZATIONS.get(config.binarize),

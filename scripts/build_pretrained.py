@@ -1,0 +1,75 @@
+"""Train, evaluate and card one reference model into `pretrained/NAME/` from its recipe `configs/NAME.json`.
+
+    python scripts/build_pretrained.py mnist-2d --dataset_name ../shared/mnist --iwae_samples 1000
+
+runs, from the repository root, exactly the commands a user would type:
+
+    hf-vae train configs/NAME.json --dataset_name DATA --output_dir pretrained/NAME --overwrite_output_dir
+    hf-vae evaluate --model pretrained/NAME --dataset_name DATA --split test --iwae_samples K \
+        --output pretrained/NAME/evaluation.json
+
+then drops the training checkpoints (they are for resuming, and `hf-vae push` leaves them out too), writes the model
+card as `README.md`, and records the commands and their wall times in `build.json`. The folder is then what
+`hf-vae push pretrained/NAME --repo_id ...` uploads, and `VAEModel.from_pretrained("pretrained/NAME")` loads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(command: list[str]) -> float:
+    print("+ " + shlex.join(command), flush=True)
+    started = time.perf_counter()
+    subprocess.run(command, check=True, cwd=REPO_ROOT)
+    return round(time.perf_counter() - started, 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("name", help="the recipe configs/NAME.json; the model goes to pretrained/NAME")
+    parser.add_argument("--dataset_name", default="ylecun/mnist", help="Hub dataset id or local copy of MNIST")
+    parser.add_argument("--iwae_samples", type=int, default=5000, help="K of the test IWAE estimate")
+    args = parser.parse_args(argv)
+
+    recipe = Path("configs") / f"{args.name}.json"
+    if not (REPO_ROOT / recipe).is_file():
+        available = sorted(path.stem for path in (REPO_ROOT / "configs").glob("*.json"))
+        parser.error(f"no recipe {recipe}; available: {available}")
+    model_dir = Path("pretrained") / args.name
+    hf_vae = [sys.executable, "-m", "hf_vae.cli"]
+    train = [*hf_vae, "train", str(recipe), "--dataset_name", args.dataset_name, "--output_dir", str(model_dir),
+             "--overwrite_output_dir"]
+    evaluate = [*hf_vae, "evaluate", "--model", str(model_dir), "--dataset_name", args.dataset_name, "--split", "test",
+                "--iwae_samples", str(args.iwae_samples), "--output", str(model_dir / "evaluation.json")]
+    train_seconds = _run(train)
+    evaluate_seconds = _run(evaluate)
+
+    shutil.rmtree(REPO_ROOT / model_dir / "checkpoints", ignore_errors=True)
+    build = {
+        "commands": [shlex.join(["hf-vae", *command[3:]]) for command in (train, evaluate)],
+        "train_command_seconds": train_seconds,
+        "evaluate_command_seconds": evaluate_seconds,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+    }
+    (REPO_ROOT / model_dir / "build.json").write_text(json.dumps(build, indent=2) + "\n")
+    from hf_vae.model_card import write_model_card
+
+    write_model_card(REPO_ROOT / model_dir)
+    print(f"{model_dir}: train {train_seconds} s, evaluate {evaluate_seconds} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

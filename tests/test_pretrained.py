@@ -1,0 +1,118 @@
+"""The committed reference models under `pretrained/`: each loads from the clone, is what `hf-vae push` uploads, was
+trained by its recipe in `configs/`, still gives the figures its `evaluation.json` reports, and the README's results
+table is the one those files produce."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_vae import VAEModel
+from hf_vae.evaluation import evaluation_pixel_values, load_split
+from hf_vae.hub import collect_files
+from hf_vae.model_card import build_model_card
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MNIST = REPO_ROOT.parent / "shared" / "mnist"
+MODEL_DIRS = sorted(path.parent for path in (REPO_ROOT / "pretrained").glob("*/config.json"))
+needs_mnist = pytest.mark.skipif(not MNIST.is_dir(), reason=f"real MNIST not available at {MNIST}")
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+import results_table  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module", params=MODEL_DIRS, ids=lambda path: path.name)
+def model_dir(request) -> Path:
+    return request.param
+
+
+def test_every_recipe_has_a_reference_model():
+    recipes = {path.stem for path in (REPO_ROOT / "configs").glob("*.json")}
+    assert recipes and recipes == {path.name for path in MODEL_DIRS}
+
+
+def test_folder_is_what_a_push_uploads(model_dir):
+    uploaded = {path.as_posix() for path in collect_files(model_dir)}
+    expected = {
+        "config.json", "model.safetensors", "configuration_vae.py", "modeling_vae.py", "evaluation.json",
+        "eval_results.json", "train_results.json", "training_args.json", "metrics.csv", "build.json",
+        "samples.png", "reconstructions.png", "latent_space.png", "interpolation.png", "training_curves.png",
+    }
+    assert expected <= uploaded
+    assert not (model_dir / "checkpoints").exists()
+    # README.md is the generated card, up to date with the folder (a push regenerates the same text).
+    assert (model_dir / "README.md").read_text() == str(build_model_card(model_dir))
+
+
+@pytest.mark.parametrize("code_file", ["configuration_vae.py", "modeling_vae.py"])
+def test_remote_code_copies_are_the_package_code(model_dir, code_file):
+    """`trust_remote_code` users run these copies: they must be today's hf_vae code, not a stale snapshot (refresh
+    them with `cp hf_vae/configuration_vae.py hf_vae/modeling_vae.py pretrained/NAME/`)."""
+    assert (model_dir / code_file).read_text() == (REPO_ROOT / "hf_vae" / code_file).read_text()
+
+
+def test_model_was_trained_by_its_recipe(model_dir):
+    recipe = json.loads((REPO_ROOT / "configs" / f"{model_dir.name}.json").read_text())
+    training_args = json.loads((model_dir / "training_args.json").read_text())
+    config = json.loads((model_dir / "config.json").read_text())
+    for name, value in recipe.items():
+        if name in ("dataset_name", "output_dir"):  # the build passes these on the command line
+            continue
+        if name in config and name != "preset":
+            assert config[name] == value, name
+        else:
+            assert training_args[name] == value, name
+    build = json.loads((model_dir / "build.json").read_text())
+    assert build["commands"][0].startswith(f"hf-vae train configs/{model_dir.name}.json ")
+
+
+def test_loads_with_from_pretrained_and_generates(model_dir):
+    model = VAEModel.from_pretrained(model_dir)
+    evaluation = json.loads((model_dir / "evaluation.json").read_text())
+    assert model.num_parameters() == evaluation["num_parameters"]
+    images = model.sample(4, generator=torch.Generator().manual_seed(0))
+    assert images.shape == (4, 1, 28, 28) and 0 <= images.min() and images.max() <= 1 and images.std() > 0.05
+
+
+@needs_mnist
+def test_weights_reproduce_the_committed_negative_elbo(model_dir):
+    """A fresh 10-sample negative ELBO of the whole test split agrees with `evaluation.json` to Monte Carlo noise
+    (same images, other posterior draws: well under 0.2 nats), so the committed figures belong to these weights."""
+    model = VAEModel.from_pretrained(model_dir).eval()
+    evaluation = json.loads((model_dir / "evaluation.json").read_text())
+    data = load_split(str(MNIST), model.config, "test")
+    pixels = evaluation_pixel_values(data.images, model.config.binarize, evaluation["seed"])
+    generator = torch.Generator().manual_seed(123)
+    negative_elbo = torch.cat(
+        [model.negative_elbo(batch, num_samples=10, generator=generator) for batch in pixels.split(1000)]
+    )
+    assert len(negative_elbo) == evaluation["num_images"] == 10_000
+    assert abs(negative_elbo.mean().item() - evaluation["negative_elbo"]) < 0.2
+
+
+@needs_mnist
+def test_one_command_evaluates_a_model_from_the_clone(tmp_path):
+    model_dir = MODEL_DIRS[0].relative_to(REPO_ROOT)
+    output = tmp_path / "evaluation.json"
+    command = [
+        sys.executable, "-m", "hf_vae.cli", "evaluate", "--model", str(model_dir), "--dataset_name", str(MNIST),
+        "--iwae_samples", "20", "--max_eval_samples", "200", "--output", str(output),
+    ]
+    subprocess.run(command, cwd=REPO_ROOT, check=True, capture_output=True, text=True)
+    results = json.loads(output.read_text())
+    assert results["num_images"] == 200 and results["iwae_nll"] <= results["negative_elbo"]
+
+
+def test_readme_results_table_is_generated_from_the_committed_files():
+    assert results_table.main(["--check", str(REPO_ROOT / "README.md")]) == 0
+    table = results_table.results_table()
+    for model_dir in MODEL_DIRS:
+        evaluation = json.loads((model_dir / "evaluation.json").read_text())
+        assert f"{evaluation['iwae_nll']:.2f} ({evaluation['iwae_samples']})" in table

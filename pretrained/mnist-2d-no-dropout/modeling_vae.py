@@ -30,7 +30,6 @@ from transformers.utils import ModelOutput
 
 from .configuration_vae import VAEConfig
 
-_LOG_2PI = math.log(2.0 * math.pi)
 _NUM_LEVELS = 256  # 8-bit pixels: the discretised logistic puts its mass on the levels k / 255
 # Bounds on the discretised logistic's log-scale (in [0, 1] pixel units): e^-8 is about a tenth of a level's width
 # (PixelCNN++'s -7 on its [-1, 1] scale), enough for a near-certain pixel; e^7 is far flatter than uniform.
@@ -573,6 +572,28 @@ class VAEModel(VAEPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
+    def _score_posterior_samples(
+        self,
+        pixel_values: torch.Tensor,
+        condition: torch.Tensor | None,
+        mean: torch.Tensor,
+        logvar: torch.Tensor,
+        count: int,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Draw `count` latents per image from q(z|x) = N(mean, exp(logvar)) and score them: log p(x|z) and
+        log p(z) - log q(z|x), each (count, B), plus the decoder logits (count * B, ...) and the latents (count, B, D).
+        Shared by the IWAE training loss and the likelihood estimates, so both compute the same bound."""
+        batch = pixel_values.shape[0]
+        eps = self._standard_normal((count, *mean.shape), mean, generator)
+        latents = mean + torch.exp(0.5 * logvar) * eps
+        flat_condition = None if condition is None else condition.repeat(count, 1)
+        logits = self.decoder(latents.reshape(count * batch, -1), flat_condition)
+        targets = pixel_values.expand(count, *pixel_values.shape).reshape(count * batch, *pixel_values.shape[1:])
+        log_px_z = -self.reconstruction_nll(logits, targets).view(count, batch)
+        log_prior_ratio = 0.5 * (eps.pow(2) + logvar - latents.pow(2)).sum(-1)  # the log(2 pi) terms cancel
+        return log_px_z, log_prior_ratio, logits, latents
+
     def _importance_weighted_output(
         self,
         pixel_values: torch.Tensor,
@@ -586,18 +607,14 @@ class VAEModel(VAEPreTrainedModel):
         """The IWAE loss: minus log (1/K) sum_k p(x|z_k) p(z_k)^w / q(z_k|x)^w with w = beta * kl_weight, so that KL
         warm-up and beta act on the prior/posterior ratio as they act on the KL in the ELBO."""
         count, batch = self.config.num_importance_samples, pixel_values.shape[0]
-        eps = self._standard_normal((count, *mean.shape), mean, generator)
-        latents = mean + torch.exp(0.5 * logvar) * eps  # (K, B, D)
-        flat_condition = None if condition is None else condition.repeat(count, 1)
-        logits = self.decoder(latents.reshape(count * batch, -1), flat_condition)
-        targets = pixel_values.expand(count, *pixel_values.shape).reshape(count * batch, *pixel_values.shape[1:])
-        nll = self.reconstruction_nll(logits, targets).view(count, batch)
-        log_prior_ratio = 0.5 * (eps.pow(2) + logvar - latents.pow(2)).sum(-1)  # log p(z) - log q(z|x)
-        log_weights = log_prior_ratio * (self.config.beta * kl_weight) - nll
+        log_px_z, log_prior_ratio, logits, latents = self._score_posterior_samples(
+            pixel_values, condition, mean, logvar, count, generator
+        )
+        log_weights = log_px_z + log_prior_ratio * (self.config.beta * kl_weight)
         bound = torch.logsumexp(log_weights, dim=0) - math.log(count)
         return VAEOutput(
             loss=-bound.mean(),
-            reconstruction_loss=nll.mean(),
+            reconstruction_loss=-log_px_z.mean(),
             kl_loss=kl_loss,
             logits=logits.view(count, batch, *logits.shape[1:])[0],
             mean=mean,
@@ -673,24 +690,15 @@ class VAEModel(VAEPreTrainedModel):
         batch = pixel_values.shape[0]
         condition = self._condition(labels, batch)
         mean, logvar = self.encoder(pixel_values, condition)
-        std = torch.exp(0.5 * logvar)
         kl = self.kl_per_dimension(mean, logvar).sum(1)
         chunk = max(1, min(num_samples, max_batch_elements // max(1, batch * self.config.num_pixels)))
         log_weights = []
         for first in range(0, num_samples, chunk):
             count = min(chunk, num_samples - first)
-            eps = self._standard_normal((count, batch, self.config.latent_dim), mean, generator)
-            latents = mean + std * eps  # (count, B, D)
-            flat_condition = None if condition is None else condition.repeat(count, 1)
-            logits = self.decoder(latents.reshape(count * batch, -1), flat_condition)
-            targets = pixel_values.expand(count, *pixel_values.shape).reshape(count * batch, *pixel_values.shape[1:])
-            log_px_z = -self.reconstruction_nll(logits, targets).view(count, batch)
-            if importance:
-                log_pz = -0.5 * (latents.pow(2) + _LOG_2PI).sum(-1)
-                log_qz = -0.5 * (eps.pow(2) + _LOG_2PI + logvar).sum(-1)
-                log_weights.append(log_px_z + log_pz - log_qz)
-            else:
-                log_weights.append(log_px_z - kl)
+            log_px_z, log_prior_ratio, _, _ = self._score_posterior_samples(
+                pixel_values, condition, mean, logvar, count, generator
+            )
+            log_weights.append(log_px_z + log_prior_ratio if importance else log_px_z - kl)
         return torch.cat(log_weights, dim=0)
 
     @_in_eval_mode

@@ -20,14 +20,52 @@ server behaviours (500 errors, another token) start your own: `with run_hub_serv
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
+from pathlib import Path
 
-import pytest
-import torch
-from hub_server import DEFAULT_TOKEN, DEFAULT_USER, run_hub_server, subprocess_env
-
-# The local server speaks classic LFS, not Xet. Set before anything imports huggingface_hub, which reads it once.
+# Before anything imports huggingface_hub, which reads these once. The local server speaks classic LFS, not Xet.
+# The whole session gets an empty HF_HOME: a token stored on the runner by `hf auth login`, or a Hub cache left by
+# another run, must not change what a test sees.
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
+_SESSION_HF_HOME = tempfile.mkdtemp(prefix="hf-vae-tests-hf-home-")
+os.environ["HF_HOME"] = _SESSION_HF_HOME
+os.environ.pop("HF_TOKEN", None)
+os.environ.pop("HUGGING_FACE_HUB_TOKEN", None)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hub_server import DEFAULT_TOKEN, DEFAULT_USER, run_hub_server, subprocess_env  # noqa: E402
+
+# The real MNIST, laid out like the Hub repo ylecun/mnist, beside the repository. Tests that need it take the
+# `mnist_dir` fixture. CI sets HF_VAE_REQUIRE_REAL_DATA=1, which turns a missing copy into a failure: a real-data test
+# that skips silently would let a broken package pass.
+MNIST = Path(__file__).resolve().parents[2] / "shared" / "mnist"
+REQUIRE_REAL_DATA_ENV = "HF_VAE_REQUIRE_REAL_DATA"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SESSION_HF_HOME, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _seeded_torch():
+    """Every test starts from the same global torch RNG state, so model weights built without an explicit seed (and
+    any Monte Carlo tolerance checked on them) do not depend on which tests ran before."""
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The real MNIST folder; skips without it, or fails when HF_VAE_REQUIRE_REAL_DATA=1 (as in CI)."""
+    if not MNIST.is_dir():
+        message = f"real MNIST not found at {MNIST}"
+        if os.environ.get(REQUIRE_REAL_DATA_ENV) == "1":
+            pytest.fail(f"{message}, and {REQUIRE_REAL_DATA_ENV}=1 requires the real-data tests to run.")
+        pytest.skip(message)
+    return MNIST
 
 
 @pytest.fixture(scope="session")

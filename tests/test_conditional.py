@@ -3,15 +3,11 @@ chosen class, and a conditional conv VAE trained briefly on real MNIST draws the
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from hf_vae import VAEConfig, VAEModel
 from hf_vae.data import load_splits, to_pixel_values
-
-MNIST = Path(__file__).resolve().parents[2] / "shared" / "mnist"
 
 
 def seeded(seed: int = 0) -> torch.Generator:
@@ -63,13 +59,12 @@ def test_bad_labels_raise(conditional, labels, message):
 
 
 # ---------------------------------------------------------------------------------------------- real MNIST
-@pytest.mark.skipif(not MNIST.is_dir(), reason="real MNIST not available at ../shared/mnist")
-def test_conditional_conv_vae_trained_on_mnist_draws_the_asked_digit():
+def test_conditional_conv_vae_trained_on_mnist_draws_the_asked_digit(mnist_dir):
     """Train a small conditional conv VAE for 250 steps on 6,000 digits, then ask for 50 samples of each digit
     and classify them with a logistic regression trained here on real digits. Chance is 10%; with a 2-D latent the
     decoder must take the digit's identity from the label, and about 90-97% of samples are classified as asked
     (80-86% by nearest class mean)."""
-    splits = load_splits(str(MNIST), validation_split=0.1, seed=0)
+    splits = load_splits(str(mnist_dir), validation_split=0.1, seed=0)
     train = splits.train.select(torch.arange(6000))
     pixels, labels = to_pixel_values(train.images), train.labels
     held_out = splits.validation.select(torch.arange(2000))

@@ -386,8 +386,8 @@ def test_rejected_token_is_explained_by_the_script(hub_server, hub_repo_id, tmp_
 def test_missing_token_says_how_to_log_in(hub_server, hub_repo_id, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-    if Path(constants.HF_TOKEN_PATH).exists():
-        pytest.skip("a token is stored on this machine (`hf auth login`)")
+    # conftest gives the session an empty HF_HOME, so a token stored on the runner by `hf auth login` is not seen.
+    assert not Path(constants.HF_TOKEN_PATH).exists()
     folder = make_model_folder(tmp_path / "model", extras=False)
     before = folder_state(folder)
     with pytest.raises(HubPushError, match=r"No Hugging Face token found.*hf auth login.*HF_TOKEN"):
@@ -521,3 +521,41 @@ def test_card_works_with_any_subset_of_the_folder(tmp_path):
     assert "## Pictures" not in card.text and "does not record how the model was trained" in card.text
     path = write_model_card(folder, tmp_path / "card" / "README.md", repo_id="me/vae")
     assert ModelCard.load(path).data.to_dict() == card.data.to_dict()
+
+
+# ---------------------------------------------------------------------------------------------- datasets from the Hub
+def test_train_downloads_a_hub_dataset_through_the_server(hub_server, hub_token, hub_repo_id, hub_env, tmp_path):
+    """`hf-vae train --dataset_name OWNER/NAME` downloads a dataset repo laid out like ylecun/mnist (parquet shards
+    under a config folder, a README with `configs`) from the Hub, here the local server, and trains on it."""
+    import datasets
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=10)})
+    folder = tmp_path / "dataset-repo"
+    (folder / "digits").mkdir(parents=True)
+    for split, count in (("train", 60), ("test", 20)):
+        images = [Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)) for _ in range(count)]
+        labels = rng.integers(0, 10, count).tolist()
+        split_data = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+        split_data.to_parquet(str(folder / "digits" / f"{split}-00000-of-00001.parquet"))
+    (folder / "README.md").write_text(
+        "---\nconfigs:\n- config_name: digits\n  data_files:\n  - split: train\n    path: digits/train-*\n"
+        "  - split: test\n    path: digits/test-*\n  default: true\n---\n# Tiny digits\n"
+    )
+    api = HfApi(endpoint=hub_server, token=hub_token)
+    api.create_repo(hub_repo_id, repo_type="dataset")
+    api.upload_folder(folder_path=str(folder), repo_id=hub_repo_id, repo_type="dataset")
+
+    output_dir = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "hf_vae.cli", "train", "--dataset_name", hub_repo_id, "--preset", "mnist-2d",
+        "--hidden_sizes", "16", "--max_steps", "2", "--per_device_train_batch_size", "16", "--skip_figures",
+        "--disable_tqdm", "--output_dir", str(output_dir),
+    ]  # fmt: skip
+    completed = subprocess.run(command, env=hub_env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    results = json.loads((output_dir / "train_results.json").read_text())
+    assert results["train_images"] == 54 and results["global_step"] == 2  # 60 minus the 10% held out
+    assert json.loads((output_dir / "eval_results.json").read_text())["test_images"] == 20
+    assert list((tmp_path / "hf_home").rglob("*.parquet")), "the dataset was not downloaded into the Hub cache"

@@ -18,9 +18,7 @@ from hf_vae.hub import collect_files
 from hf_vae.model_card import build_model_card
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MNIST = REPO_ROOT.parent / "shared" / "mnist"
 MODEL_DIRS = sorted(path.parent for path in (REPO_ROOT / "pretrained").glob("*/config.json"))
-needs_mnist = pytest.mark.skipif(not MNIST.is_dir(), reason=f"real MNIST not available at {MNIST}")
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 import results_table  # noqa: E402
@@ -81,13 +79,12 @@ def test_loads_with_from_pretrained_and_generates(model_dir):
     assert images.shape == (4, 1, 28, 28) and 0 <= images.min() and images.max() <= 1 and images.std() > 0.05
 
 
-@needs_mnist
-def test_weights_reproduce_the_committed_negative_elbo(model_dir):
+def test_weights_reproduce_the_committed_negative_elbo(model_dir, mnist_dir):
     """A fresh 10-sample negative ELBO of the whole test split agrees with `evaluation.json` to Monte Carlo noise
     (same images, other posterior draws: well under 0.2 nats), so the committed figures belong to these weights."""
     model = VAEModel.from_pretrained(model_dir).eval()
     evaluation = json.loads((model_dir / "evaluation.json").read_text())
-    data = load_split(str(MNIST), model.config, "test")
+    data = load_split(str(mnist_dir), model.config, "test")
     pixels = evaluation_pixel_values(data.images, model.config.binarize, evaluation["seed"])
     generator = torch.Generator().manual_seed(123)
     negative_elbo = torch.cat(
@@ -97,12 +94,11 @@ def test_weights_reproduce_the_committed_negative_elbo(model_dir):
     assert abs(negative_elbo.mean().item() - evaluation["negative_elbo"]) < 0.2
 
 
-@needs_mnist
-def test_one_command_evaluates_a_model_from_the_clone(tmp_path):
+def test_one_command_evaluates_a_model_from_the_clone(tmp_path, mnist_dir):
     model_dir = MODEL_DIRS[0].relative_to(REPO_ROOT)
     output = tmp_path / "evaluation.json"
     command = [
-        sys.executable, "-m", "hf_vae.cli", "evaluate", "--model", str(model_dir), "--dataset_name", str(MNIST),
+        sys.executable, "-m", "hf_vae.cli", "evaluate", "--model", str(model_dir), "--dataset_name", str(mnist_dir),
         "--iwae_samples", "20", "--max_eval_samples", "200", "--output", str(output),
     ]
     subprocess.run(command, cwd=REPO_ROOT, check=True, capture_output=True, text=True)

@@ -573,3 +573,21 @@ def test_importance_weighted_kl_weight_scales_the_prior_ratio():
     torch.testing.assert_close(out.reconstruction_loss, nll.mean())
     tuple_out = model(pixels, generator=seeded(2), kl_weight=0.0, return_dict=False)
     torch.testing.assert_close(tuple_out[0], expected)
+
+
+@pytest.mark.parametrize("method", ["interpolate", "log_likelihood", "negative_elbo", "sample", "reconstruct"])
+def test_estimates_and_pictures_run_in_eval_mode_and_restore_training_mode(binary_batch, method):
+    model = build(VAEConfig.from_preset("mnist-2d")).train()
+    calls = {
+        "interpolate": lambda: model.interpolate(binary_batch[0], binary_batch[1], steps=3),
+        "log_likelihood": lambda: model.log_likelihood(binary_batch, num_samples=4),
+        "negative_elbo": lambda: model.negative_elbo(binary_batch, num_samples=2),
+        "sample": lambda: model.sample(2),
+        "reconstruct": lambda: model.reconstruct(binary_batch),
+    }
+    running_mean = model.encoder.layers[1].running_mean.clone()
+    first, second = calls[method](), calls[method]() if method in ("interpolate", "reconstruct") else None
+    if second is not None:
+        assert torch.equal(first, second), "dropout was active: the method did not run in eval mode"
+    assert all(module.training for module in model.modules())
+    assert torch.equal(model.encoder.layers[1].running_mean, running_mean)

@@ -40,7 +40,6 @@ from hf_vae.training_utils import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-MNIST = Path(__file__).resolve().parents[2] / "shared" / "mnist"
 TRAIN_IMAGES, TEST_IMAGES = 200, 40
 VALIDATION_IMAGES = 20  # the default 10% held out of train
 TINY = [
@@ -168,19 +167,17 @@ def test_one_epoch_writes_every_output(synthetic, tmp_path):
     assert training_args.report_to == "tensorboard" and model_args.binarize == "dynamic"
 
 
-def test_real_mnist_validation_loss_falls(tmp_path):
-    if not MNIST.is_dir():
-        pytest.skip(f"no MNIST at {MNIST}")
+def test_real_mnist_validation_loss_falls(tmp_path, mnist_dir):
     output_dir = tmp_path / "mnist"
     completed = run_cli(
-        "--dataset_name", str(MNIST), "--preset", "mnist-2d", "--max_train_samples", "3000",
+        "--dataset_name", str(mnist_dir), "--preset", "mnist-2d", "--max_train_samples", "3000",
         "--max_eval_samples", "1000", "--num_train_epochs", "3", "--checkpointing_steps", "no", "--skip_figures",
         "--output_dir", str(output_dir),
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
     torch.manual_seed(42)  # the seed the run used for its initial weights
     fresh = VAEModel(VAEConfig.from_preset("mnist-2d")).eval()
-    validation = load_splits(str(MNIST), seed=42).validation.images[:1000].float() / 255
+    validation = load_splits(str(mnist_dir), seed=42).validation.images[:1000].float() / 255
     with torch.no_grad():
         first_loss = fresh(validation, generator=torch.Generator().manual_seed(0)).loss.item()
     rows = read_metrics(output_dir)
@@ -467,3 +464,67 @@ def test_an_arguments_file_is_overridden_by_the_flags_after_it(tmp_path):
     yaml_file.write_text("preset: mnist-2d\nlatnet_dim: 3\n")
     with pytest.raises(ValueError, match="unknown option.*latnet_dim"):
         parse_args([str(yaml_file), "--output_dir", str(tmp_path)])
+
+
+# ---------------------------------------------------------------------------------------------- README promises
+def test_saved_model_is_the_best_epoch_by_validation_loss(synthetic, tmp_path):
+    """40 training images and a high constant learning rate overfit within a few epochs (validation about 217 nats at
+    epoch 5, about 250 at epoch 10): the folder must hold the best epoch's weights (its validation loss, recomputed,
+    is the minimum of metrics.csv), not the last epoch's."""
+    output_dir = tmp_path / "run"
+    assert (
+        train_here(
+            "--dataset_name", str(synthetic), *TINY, "--num_train_epochs", "10", "--learning_rate", "0.02",
+            "--max_train_samples", "40",
+            "--lr_scheduler_type", "constant", "--checkpointing_steps", "no", "--output_dir", str(output_dir),
+        )  # fmt: skip
+        == 0
+    )
+    val_losses = [float(row["val_loss"]) for row in read_metrics(output_dir)]
+    best_epoch = 1 + val_losses.index(min(val_losses))
+    assert val_losses[-1] > min(val_losses) + 10, f"the run did not overfit, so this test proves nothing: {val_losses}"
+    results = read_json(output_dir / "train_results.json")
+    assert results["best_epoch"] == best_epoch and results["best_val_loss"] == pytest.approx(min(val_losses))
+
+    from hf_vae.training_utils import evaluate, tensor_batches
+
+    validation = load_splits(str(synthetic), seed=42).validation
+    saved = VAEModel.from_pretrained(output_dir)
+    metrics, count = evaluate(saved, tensor_batches(validation, 1000), seed=42)
+    assert count == VALIDATION_IMAGES
+    assert metrics["loss"] == pytest.approx(min(val_losses), rel=1e-5)
+
+
+def test_num_importance_samples_trains_on_the_iwae_bound(synthetic, tmp_path):
+    output_dir = tmp_path / "run"
+    arguments = ["--dataset_name", str(synthetic), *TINY, "--num_train_epochs", "1", "--output_dir", str(output_dir)]
+    assert train_here(*arguments, "--num_importance_samples", "4", "--checkpointing_steps", "no") == 0
+    assert VAEModel.from_pretrained(output_dir).config.num_importance_samples == 4
+    (row,) = read_metrics(output_dir)
+    # The training loss is minus the K-sample bound, which lies above the ELBO: below reconstruction + KL.
+    assert float(row["train_loss"]) < float(row["train_recon_loss"]) + float(row["train_kl_loss"]) - 0.1
+
+
+def test_save_total_limit_keeps_that_many_checkpoints(synthetic, tmp_path):
+    output_dir = tmp_path / "run"
+    assert (
+        train_here(
+            "--dataset_name", str(synthetic), *TINY, "--num_train_epochs", "2", "--checkpointing_steps", "2",
+            "--save_total_limit", "2", "--output_dir", str(output_dir),
+        )  # fmt: skip
+        == 0
+    )
+    # 6 steps an epoch, 12 in all: checkpoints at 2, 4, ..., 12; the newest two are kept.
+    assert [path.name for path in checkpoint_folders(output_dir)] == ["checkpoint-10", "checkpoint-12"]
+    assert sorted(path.name for path in (output_dir / CHECKPOINTS_DIR).iterdir()) == ["checkpoint-10", "checkpoint-12"]
+
+
+def test_mixed_precision_bf16_trains_on_cpu(synthetic, tmp_path):
+    output_dir = tmp_path / "run"
+    arguments = ["--dataset_name", str(synthetic), *TINY, "--num_train_epochs", "1", "--output_dir", str(output_dir)]
+    assert train_here(*arguments, "--mixed_precision", "bf16", "--checkpointing_steps", "no") == 0
+    assert read_json(output_dir / "train_results.json")["mixed_precision"] == "bf16"
+    (row,) = read_metrics(output_dir)
+    assert math.isfinite(float(row["train_loss"])) and math.isfinite(float(row["val_loss"]))
+    weights = load_file(output_dir / "model.safetensors")
+    assert all(tensor.dtype in (torch.float32, torch.int64) for tensor in weights.values())

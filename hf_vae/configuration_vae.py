@@ -20,6 +20,7 @@ LIKELIHOODS = ("bernoulli", "discretized_logistic")
 NORMALIZATIONS = ("batch", "group", "none")
 BINARIZATIONS = ("none", "dynamic", "static")
 ACTIVATIONS = ("relu", "gelu", "silu", "elu", "leaky_relu", "tanh")
+PRIORS = ("standard_normal",)
 
 # Named architectures. "mnist-2d" is the reference tutorial's network, unchanged, so its results can be
 # reproduced and beaten in the same architecture; "mnist" is the stronger default for (dynamically
@@ -157,6 +158,8 @@ class VAEConfig(PretrainedConfig):
             building them), and the conv decoder concatenates it to the latent before its first linear layer.
         binarize (`str`, defaults to `"none"`): how the training data was binarised (`"none"`, `"dynamic"`
             or `"static"`), recorded so that evaluation binarises the test set the same way.
+        prior (`str`, defaults to `"standard_normal"`): the prior p(z) (see `priors.py`); `"standard_normal"` is
+            N(0, I).
     """
 
     model_type = "hf_vae"
@@ -178,6 +181,7 @@ class VAEConfig(PretrainedConfig):
     likelihood: str = "bernoulli"
     num_classes: int | None = None
     binarize: str = "none"
+    prior: str = "standard_normal"
 
     def __post_init__(self, **kwargs: Any) -> None:
         if isinstance(self.hidden_sizes, tuple):
@@ -192,6 +196,7 @@ class VAEConfig(PretrainedConfig):
         _one_of("likelihood", self.likelihood, LIKELIHOODS)
         _one_of("binarize", self.binarize, BINARIZATIONS)
         _one_of("activation", self.activation, ACTIVATIONS)
+        _one_of("prior", self.prior, PRIORS)
         _positive_int("image_size", self.image_size)
         _positive_int("num_channels", self.num_channels)
         _positive_int("latent_dim", self.latent_dim)
@@ -239,6 +244,19 @@ class VAEConfig(PretrainedConfig):
                 f"Use {fixes}; --image_size N resizes and centre-crops a dataset to N x N."
             )
 
+    def describe_architecture(self) -> str:
+        """One line naming the fields that decide the weights' shapes, for loading errors."""
+        shape = (
+            f"conv_channels={self.conv_channels}, num_res_blocks={self.num_res_blocks}"
+            if self.architecture == "conv"
+            else f"hidden_sizes={self.hidden_sizes}"
+        )
+        return (
+            f"architecture={self.architecture!r}, latent_dim={self.latent_dim}, {shape}, "
+            f"image_size={self.image_size}, num_channels={self.num_channels}, num_classes={self.num_classes}, "
+            f"normalization={self.resolved_normalization!r}, likelihood={self.likelihood!r}, prior={self.prior!r}"
+        )
+
     @property
     def resolved_normalization(self) -> str:
         """The normalisation layers the network uses: `normalization` when set, else what `use_batch_norm` says."""
@@ -277,4 +295,4 @@ class VAEConfig(PretrainedConfig):
         return cls(**values)
 
 
-__all__ = ["VAEConfig", "PRESETS"]
+__all__ = ["VAEConfig", "PRESETS", "PRIORS"]

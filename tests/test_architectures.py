@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from hf_vae import VAEConfig, VAEModel
-from hf_vae.modeling_vae import discretized_logistic_log_prob
+from hf_vae.likelihoods import discretized_logistic_log_prob
 
 ARCHITECTURES = {
     "mlp": {"architecture": "mlp", "hidden_sizes": [16, 8]},
@@ -308,7 +308,7 @@ def test_residual_blocks_are_at_every_resolution_but_the_decoders_full_one():
     model = VAEModel(config)
 
     def residual_count(module: nn.Module) -> int:
-        return sum(type(m).__name__ == "VAEResidualBlock" for m in module.modules())
+        return sum(type(m).__name__ == "ResidualBlock" for m in module.modules())
 
     assert [residual_count(block) for block in model.encoder.blocks] == [2, 2, 2]
     assert residual_count(model.decoder.input_block) == 2

@@ -234,9 +234,11 @@ def test_return_dict_false_gives_the_tuple(mnist_2d):
     out = mnist_2d(pixels, sample_posterior=False)
     assert isinstance(out, VAEOutput)
     as_tuple = mnist_2d(pixels, sample_posterior=False, return_dict=False)
-    assert isinstance(as_tuple, tuple) and len(as_tuple) == 7
+    # hf-vae 0.1's seven fields first, in their order; `loss_terms` and `latent_dist` after them.
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == 9
     torch.testing.assert_close(as_tuple[0], out.loss)
     torch.testing.assert_close(as_tuple[3], out.logits)
+    assert as_tuple[7] == out.loss_terms and set(out.loss_terms) == {"recon_loss", "kl_loss"}
 
 
 # ---------------------------------------------------------------------------------------------- gradients
@@ -513,8 +515,10 @@ def test_anomaly_score(mnist_2d, binary_batch):
     torch.testing.assert_close(elbo, mnist_2d.negative_elbo(pixels, num_samples=3, generator=seeded(0)))
     iwae = mnist_2d.anomaly_score(pixels, method="iwae", num_samples=3, generator=seeded(0))
     torch.testing.assert_close(iwae, -mnist_2d.log_likelihood(pixels, num_samples=3, generator=seeded(0)))
-    with pytest.raises(ValueError, match="method must be 'elbo' or 'iwae'"):
+    with pytest.raises(ValueError, match=r"method must be one of \['elbo', 'iwae'\], got 'psnr'"):
         mnist_2d.anomaly_score(pixels, method="psnr")
+    # Without a generator the draws are seeded: the same images get the same scores on every call.
+    assert torch.equal(mnist_2d.anomaly_score(pixels), mnist_2d.anomaly_score(pixels))
 
 
 def test_bernoulli_loss_matches_torch_bce_on_probabilities(mnist_2d):

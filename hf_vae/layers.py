@@ -1,0 +1,233 @@
+"""Network blocks shared by the families: MLP and convolutional stacks, residual blocks, normalisation choices.
+
+Module names and orders here are weight names in saved checkpoints: change them only with a conversion.
+
+Copied next to the weights for `trust_remote_code`: imports only torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "elu": nn.ELU,
+    "leaky_relu": nn.LeakyReLU,
+    "tanh": nn.Tanh,
+}
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """What every hidden layer of a network shares: its normalisation ("batch", "group" or "none"), activation and
+    dropout probability."""
+
+    normalization: str = "batch"
+    activation: str = "relu"
+    dropout: float = 0.0
+
+
+def normalization(kind: str, features: int, spatial: bool) -> nn.Module | None:
+    if kind == "batch":
+        return nn.BatchNorm2d(features) if spatial else nn.BatchNorm1d(features)
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(32, features), features)
+    return None
+
+
+class VAEDropout(nn.Dropout):
+    """`nn.Dropout` with the mask drawn as `rand >= p` instead of `bernoulli_`: the same distribution, but
+    vectorised on CPU, where `bernoulli_` alone was about 14% of a small model's training step."""
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return hidden
+        keep = (torch.rand_like(hidden) >= self.p).to(hidden.dtype).mul_(1.0 / (1.0 - self.p))
+        return hidden * keep
+
+
+def dropout(probability: float) -> nn.Module:
+    # An Identity stands in for a zero dropout so that weight names do not depend on it: a checkpoint trained with
+    # dropout loads with `dropout=0.0` (and the reverse).
+    return VAEDropout(probability) if probability > 0 else nn.Identity()
+
+
+def mlp_layers(in_features: int, widths: list[int], spec: BlockSpec) -> list[nn.Module]:
+    """Linear -> [norm] -> activation -> dropout, once per width."""
+    layers: list[nn.Module] = []
+    for width in widths:
+        layers.append(nn.Linear(in_features, width))
+        norm = normalization(spec.normalization, width, spatial=False)
+        if norm is not None:
+            layers.append(norm)
+        layers += [ACTIVATIONS[spec.activation](), dropout(spec.dropout)]
+        in_features = width
+    return layers
+
+
+class MLPGaussianEncoder(nn.Module):
+    """Flat input (and an optional condition vector, concatenated) -> hidden layers -> Gaussian mean and
+    log-variance."""
+
+    def __init__(self, in_features: int, hidden_sizes: list[int], latent_dim: int, spec: BlockSpec):
+        super().__init__()
+        self.layers = nn.Sequential(*mlp_layers(in_features, hidden_sizes, spec))
+        self.fc_mu = nn.Linear(hidden_sizes[-1], latent_dim)
+        self.fc_logvar = nn.Linear(hidden_sizes[-1], latent_dim)
+
+    def forward(self, inputs: torch.Tensor, condition: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = inputs.flatten(1)
+        if condition is not None:
+            hidden = torch.cat([hidden, condition], dim=1)
+        hidden = self.layers(hidden)
+        return self.fc_mu(hidden), self.fc_logvar(hidden)
+
+
+class MLPDecoder(nn.Module):
+    """Latent (and an optional condition vector, concatenated) -> hidden layers -> a linear layer to
+    `output_shape`."""
+
+    def __init__(self, in_features: int, hidden_sizes: list[int], output_shape: tuple[int, ...], spec: BlockSpec):
+        super().__init__()
+        self.output_shape = tuple(output_shape)
+        layers = mlp_layers(in_features, hidden_sizes, spec)
+        layers.append(nn.Linear(hidden_sizes[-1] if hidden_sizes else in_features, math.prod(self.output_shape)))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, latents: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
+        if condition is not None:
+            latents = torch.cat([latents, condition], dim=1)
+        return self.layers(latents).view(-1, *self.output_shape)
+
+
+def conv_norm_activation(channels: int, spec: BlockSpec) -> list[nn.Module]:
+    # An Identity stands in for no normalisation so that layer indices (weight names) stay the same.
+    return [normalization(spec.normalization, channels, spatial=True) or nn.Identity(), ACTIVATIONS[spec.activation]()]
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 convolutions at constant width and resolution with a skip connection:
+    h -> act(h + norm(conv(dropout(act(norm(conv(h))))))) (He et al. 2016)."""
+
+    def __init__(self, channels: int, spec: BlockSpec):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.norm1 = normalization(spec.normalization, channels, spatial=True) or nn.Identity()
+        self.activation = ACTIVATIONS[spec.activation]()
+        self.dropout = dropout(spec.dropout)
+        self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.norm2 = normalization(spec.normalization, channels, spatial=True) or nn.Identity()
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        branch = self.dropout(self.activation(self.norm1(self.conv1(hidden))))
+        return self.activation(hidden + self.norm2(self.conv2(branch)))
+
+
+def residual_blocks(channels: int, count: int, spec: BlockSpec) -> list[nn.Module]:
+    return [ResidualBlock(channels, spec) for _ in range(count)]
+
+
+class ConvGaussianEncoder(nn.Module):
+    """Image -> one stride-2 4x4 convolution per entry of `conv_channels` (each halving the image, followed by
+    normalisation, activation and `num_res_blocks` residual blocks) -> flatten -> linear Gaussian mean and
+    log-variance.
+
+    With `num_classes`, the one-hot condition's linear projection is added to the first convolution's output: a
+    learned per-class bias for each channel, which equals feeding the label as constant one-hot input planes (but
+    for the zero padding at the border) without building them.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        image_size: int,
+        conv_channels: list[int],
+        num_res_blocks: int,
+        latent_dim: int,
+        num_classes: int | None,
+        spec: BlockSpec,
+    ):
+        super().__init__()
+        self.downsample = nn.ModuleList()
+        self.blocks = nn.ModuleList()
+        for channels in conv_channels:
+            self.downsample.append(nn.Conv2d(in_channels, channels, kernel_size=4, stride=2, padding=1))
+            self.blocks.append(
+                nn.Sequential(*conv_norm_activation(channels, spec), *residual_blocks(channels, num_res_blocks, spec))
+            )
+            in_channels = channels
+        self.label_projection = nn.Linear(num_classes, conv_channels[0], bias=False) if num_classes else None
+        features = conv_channels[-1] * (image_size // 2 ** len(conv_channels)) ** 2
+        self.fc_mu = nn.Linear(features, latent_dim)
+        self.fc_logvar = nn.Linear(features, latent_dim)
+
+    def forward(self, pixel_values: torch.Tensor, condition: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = pixel_values
+        for index, (downsample, block) in enumerate(zip(self.downsample, self.blocks, strict=True)):
+            hidden = downsample(hidden)
+            if index == 0 and condition is not None:
+                hidden = hidden + self.label_projection(condition)[:, :, None, None]
+            hidden = block(hidden)
+        hidden = hidden.flatten(1)
+        return self.fc_mu(hidden), self.fc_logvar(hidden)
+
+
+class ConvDecoder(nn.Module):
+    """Latent (and condition, concatenated) -> linear to the encoder's smallest feature map -> the encoder's stages
+    in reverse, each a stride-2 4x4 transposed convolution doubling the image (with residual blocks at every
+    resolution the encoder has them) -> 3x3 convolution to `out_channels` per pixel."""
+
+    def __init__(
+        self,
+        in_features: int,
+        image_size: int,
+        conv_channels: list[int],
+        num_res_blocks: int,
+        out_channels: int,
+        spec: BlockSpec,
+    ):
+        super().__init__()
+        size = image_size // 2 ** len(conv_channels)
+        self.start_shape = (conv_channels[-1], size, size)
+        self.fc = nn.Linear(in_features, math.prod(self.start_shape))
+        deepest = conv_channels[-1]
+        self.input_block = nn.Sequential(
+            *conv_norm_activation(deepest, spec), *residual_blocks(deepest, num_res_blocks, spec)
+        )
+        widths = [*reversed(conv_channels), conv_channels[0]]
+        self.upsample = nn.ModuleList()
+        self.blocks = nn.ModuleList()
+        for stage, (in_channels, channels) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+            last = stage == len(conv_channels) - 1
+            self.upsample.append(nn.ConvTranspose2d(in_channels, channels, kernel_size=4, stride=2, padding=1))
+            residual = [] if last else residual_blocks(channels, num_res_blocks, spec)
+            self.blocks.append(nn.Sequential(*conv_norm_activation(channels, spec), *residual))
+        self.conv_out = nn.Conv2d(conv_channels[0], out_channels, kernel_size=3, padding=1)
+
+    def forward(self, latents: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
+        if condition is not None:
+            latents = torch.cat([latents, condition], dim=1)
+        hidden = self.input_block(self.fc(latents).view(-1, *self.start_shape))
+        for upsample, block in zip(self.upsample, self.blocks, strict=True):
+            hidden = block(upsample(hidden))
+        return self.conv_out(hidden)
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "BlockSpec",
+    "ConvDecoder",
+    "ConvGaussianEncoder",
+    "MLPDecoder",
+    "MLPGaussianEncoder",
+    "ResidualBlock",
+    "VAEDropout",
+    "mlp_layers",
+    "normalization",
+]

@@ -1,0 +1,270 @@
+"""What every hf-vae family shares: the pre-trained model base (strict loading, PyTorch's own initialisation, the
+generated model card on save and push), the output base, input checks, and the one eval-mode context.
+
+The family contract. Every family's model implements:
+- `encode(pixel_values, labels=None)` -> an output with the posterior (`latent_dist` for continuous latents);
+- `decode(latents, labels=None)` -> an output with the likelihood's parameters (`logits`) and `images` in [0, 1];
+- `forward(pixel_values, labels=None, *, generator=None, kl_weight=1.0, sample_posterior=True, reduction="mean")`
+  -> an output with `loss` and `loss_terms`, a dict of named terms in nats per image (batch means, or per image with
+  `reduction="none"`), named as their metrics.csv columns (`train_<name>`, `val_<name>`);
+- `sample(num_samples, generator=None, labels=None, temperature=1.0)` and `reconstruct(pixel_values, labels=None)`
+  -> images;
+- `log_weights(pixel_values, num_samples, generator=None, labels=None, for_elbo=False)` -> (num_samples, B) values
+  log p(x, z_k) - log q(z_k | x), where the family has a likelihood (see `estimators`).
+
+Training, evaluation, pictures, the card and the Hub code use only this contract.
+
+Copied next to the weights for `trust_remote_code`: imports only torch, transformers and safetensors.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """Eval mode (BatchNorm running statistics, no dropout) without autograd, then every module back in the mode it
+    came in: sampling, pictures and estimates must not depend on dropout nor update BatchNorm's statistics, must work
+    for a single image, and may run in the middle of training."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def in_eval_mode(method: _Method) -> _Method:
+    """Run a model method inside `evaluating(model)`."""
+
+    @functools.wraps(method)
+    def wrapper(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        with evaluating(self):
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _hf_vae_function(module: str, name: str) -> Callable[..., Any] | None:
+    """A function of the installed hf-vae package, or None where this code runs as `trust_remote_code` without it."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError:
+        return None
+
+
+class HfVaePreTrainedModel(PreTrainedModel):
+    """Base of every family's model. Subclasses set `config_class` and implement the contract above."""
+
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """PyTorch's own default initialisation (not transformers' normal(0, 0.02)), so that a fresh model starts
+        exactly like the reference tutorial's plain-PyTorch network."""
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                fan_in, _ = nn.init._calculate_fan_in_and_fan_out(module.weight)
+                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+                init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)):
+            if getattr(module, "weight", None) is not None:
+                init.ones_(module.weight)
+                init.zeros_(module.bias)
+            if getattr(module, "running_mean", None) is not None:
+                init.zeros_(module.running_mean)
+                init.ones_(module.running_var)
+                init.zeros_(module.num_batches_tracked)
+
+    # ------------------------------------------------------------------ loading and saving
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args: Any, **kwargs: Any):
+        """transformers' `from_pretrained`, made strict: weights missing from the checkpoint, unexpected ones or
+        ones of the wrong shape raise a `RuntimeError` that lists them (transformers would re-initialise them at
+        random and only log a report), and a corrupt or truncated safetensors file raises an `OSError` that says
+        so. Pass `ignore_mismatched_sizes=True` to get transformers' lenient behaviour back."""
+        if kwargs.get("ignore_mismatched_sizes"):
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        kwargs["ignore_mismatched_sizes"] = True  # report mismatches below instead of transformers' opaque error
+        try:
+            model, loading_info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+            )
+        except SafetensorError as error:
+            raise OSError(
+                f"The weights of {pretrained_model_name_or_path!s} (model.safetensors) are not a valid safetensors "
+                f"file, probably corrupt or truncated ({error}). Save the model again with `save_pretrained`, or "
+                "download it again with `force_download=True`."
+            ) from error
+        problems = [
+            f"{key}: checkpoint {tuple(checkpoint_shape)}, model {tuple(model_shape)}"
+            for key, checkpoint_shape, model_shape in sorted(loading_info["mismatched_keys"])
+        ]
+        problems += [f"{key}: missing from the checkpoint" for key in sorted(loading_info["missing_keys"])]
+        problems += [f"{key}: in the checkpoint, not in the model" for key in sorted(loading_info["unexpected_keys"])]
+        if problems:
+            raise RuntimeError(
+                f"The weights in {pretrained_model_name_or_path!s} do not fit the architecture its config describes "
+                f"({model.config.describe_architecture()}):\n  "
+                + "\n  ".join(problems)
+                + "\nWas config.json edited, or a config override passed to `from_pretrained`? Load with the config "
+                "the weights were saved with."
+            )
+        return (model, loading_info) if output_loading_info else model
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, model_card: bool = True, **kwargs: Any):
+        """transformers' `save_pretrained` (config.json, model.safetensors and, for `trust_remote_code`, the code
+        files), plus hf-vae's generated model card as README.md when hf-vae is installed and `model_card` is true
+        (the training loop turns it off for its intermediate saves and writes the card once, at the end)."""
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        write_model_card = _hf_vae_function("hf_vae.model_card", "write_model_card")
+        if model_card and write_model_card is not None and kwargs.get("is_main_process", True):
+            write_model_card(save_directory)
+        return result
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Upload this model with hf-vae's generated card (metadata, usage, architecture, and the results and
+        pictures of the folder it was loaded from, when that folder has them), the code files `trust_remote_code`
+        needs, in one commit. Takes transformers' keywords (`commit_message`, `private`, `token`, `revision`,
+        `create_pr`). Without hf-vae installed (remote code), transformers' own push is used."""
+        push_model = _hf_vae_function("hf_vae.hub", "push_model")
+        if push_model is None:
+            return super().push_to_hub(repo_id, **kwargs)
+        return push_model(self, repo_id, **kwargs)
+
+    # ------------------------------------------------------------------ inputs
+    def _prepare_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Check shape, dtype and range, accept a flat (B, C*H*W) or channel-less (B, H, W) batch, cast to the
+        model's dtype. Errors name the expected shape, because a silently broadcast batch trains garbage. The range
+        check reads two numbers back from the device, so it is skipped while training on an accelerator (the
+        training loop's pixels are in [0, 1] by construction)."""
+        config = self.config
+        expected = (config.num_channels, config.image_size, config.image_size)
+        num_pixels = math.prod(expected)
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}.")
+        if pixel_values.dim() == 2 and pixel_values.shape[1] == num_pixels:
+            pixel_values = pixel_values.view(-1, *expected)
+        elif pixel_values.dim() == 3 and config.num_channels == 1 and tuple(pixel_values.shape[1:]) == expected[1:]:
+            pixel_values = pixel_values.unsqueeze(1)
+        if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(
+                f"pixel_values must have shape (batch, {expected[0]}, {expected[1]}, {expected[2]}) "
+                f"(or flat (batch, {num_pixels})), got {tuple(pixel_values.shape)}."
+            )
+        if not pixel_values.is_floating_point():
+            raise ValueError(
+                f"pixel_values must be a float tensor with values in [0, 1], got dtype {pixel_values.dtype}; "
+                "scale uint8 images with `images.float() / 255`."
+            )
+        if not (self.training and pixel_values.device.type != "cpu"):
+            low, high = torch.aminmax(pixel_values.detach())
+            if torch.isnan(low) or torch.isnan(high):
+                raise ValueError("pixel_values contains NaN; check the data pipeline (pixels must be floats in [0, 1])")
+            if not (low >= 0 and high <= 1):
+                raise ValueError(
+                    f"pixel_values must lie in [0, 1], got values in [{low.item():.4g}, {high.item():.4g}]; "
+                    "scale images with `images.float() / 255` (and do not normalise them)."
+                )
+        return pixel_values.to(self.dtype)
+
+    def _condition(self, labels: torch.Tensor | int | None, batch_size: int) -> torch.Tensor | None:
+        """One-hot label vectors for conditional models (`config.num_classes` set); None for unconditional ones."""
+        num_classes = self.config.num_classes
+        if num_classes is None:
+            return None
+        if labels is None:
+            raise ValueError(
+                f"This model is conditional (num_classes={num_classes}): pass `labels`, a tensor of "
+                f"{batch_size} class indices in [0, {num_classes})."
+            )
+        labels = torch.as_tensor(labels, device=self.device).long().view(-1)
+        if labels.numel() == 1 and batch_size > 1:
+            labels = labels.expand(batch_size)
+        if labels.shape[0] != batch_size:
+            raise ValueError(f"Got {labels.shape[0]} labels for a batch of {batch_size}.")
+        if labels.min() < 0 or labels.max() >= num_classes:
+            raise ValueError(f"labels must be class indices in [0, {num_classes}), got {labels.tolist()}.")
+        return F.one_hot(labels, num_classes).to(self.dtype)
+
+    # ------------------------------------------------------------------ estimates built on `log_weights`
+    def log_likelihood(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        num_samples: int = 1000,
+        generator: torch.Generator | None = None,
+        max_batch_elements: int | None = None,
+    ) -> torch.Tensor:
+        """Importance-weighted estimate of log p(x) per image in nats (Burda et al. 2015), shape (B,):
+        log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q(z|x). A lower bound that tightens as K grows; K=1 is the
+        ELBO. Runs in eval mode whatever mode the model is in."""
+        from .estimators import DEFAULT_MAX_BATCH_ELEMENTS, log_likelihood
+
+        return log_likelihood(
+            self,
+            pixel_values,
+            num_samples,
+            generator=generator,
+            labels=labels,
+            max_batch_elements=max_batch_elements or DEFAULT_MAX_BATCH_ELEMENTS,
+        )
+
+    def negative_elbo(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        num_samples: int = 1,
+        generator: torch.Generator | None = None,
+        max_batch_elements: int | None = None,
+    ) -> torch.Tensor:
+        """-ELBO per image in nats, (B,), averaged over `num_samples` posterior draws, in eval mode."""
+        from .estimators import DEFAULT_MAX_BATCH_ELEMENTS, negative_elbo
+
+        return negative_elbo(
+            self,
+            pixel_values,
+            num_samples,
+            generator=generator,
+            labels=labels,
+            max_batch_elements=max_batch_elements or DEFAULT_MAX_BATCH_ELEMENTS,
+        )
+
+    def anomaly_score(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        method: str = "elbo",
+        num_samples: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Per-image anomaly score in nats (higher = less like the training data): the negative ELBO
+        (`method="elbo"`, 16 draws by default) or the IWAE estimate of -log p(x) (`method="iwae"`, 1000 draws).
+        Seeded with 0 when no generator is given, so repeated calls agree."""
+        from .estimators import anomaly_score
+
+        return anomaly_score(self, pixel_values, labels, method, num_samples, generator)
+
+
+__all__ = ["HfVaePreTrainedModel", "evaluating", "in_eval_mode"]

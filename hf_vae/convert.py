@@ -23,6 +23,7 @@ import re
 import shutil
 import sys
 import uuid
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -235,14 +236,24 @@ def file_sha256(path: str | os.PathLike) -> str:
 # ---------------------------------------------------------------------------------------------- reading
 def load_checkpoint_file(path: str | os.PathLike) -> Any:
     """`torch.load(weights_only=True)`, the only way this tool reads a checkpoint: a file that needs arbitrary
-    unpickling is refused before any of its code can run. Errors say what is wrong with the file."""
+    unpickling is refused before any of its code can run.
+
+    Whatever bytes the file holds, this returns what `weights_only=True` loads or raises `ConversionError` naming the
+    file and what is wrong with it. The weights-only unpickler runs no code from the file, so any exception it raises
+    (on damaged files it raises `IndexError`, `KeyError`, `UnicodeDecodeError`, `OSError`, ... as well as
+    `UnpicklingError`) can only mean a damaged or foreign file, and all of them are turned into `ConversionError`."""
     path = Path(path)
-    with open(path, "rb") as file:
-        head = file.read(4)
+    try:
+        with open(path, "rb") as file:
+            head = file.read(len(_LEGACY_TORCH_HEADER))
+    except OSError as error:
+        raise ConversionError(f"Cannot read {path}: {error.strerror or error}.") from None
     if not head:
         raise ConversionError(f"{path.name} is empty: not a PyTorch checkpoint.")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's "unusual pickle protocol" hint: the error below says more
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         unsafe = re.search(r"GLOBAL (\S+) was not an allowed global|whose module (\S+) is blocked", str(error))
         if unsafe:
@@ -254,13 +265,32 @@ def load_checkpoint_file(path: str | os.PathLike) -> Any:
                 "and trust it, re-save just its tensors: "
                 "`torch.save({'model_state_dict': sd, 'model_config': cfg}, 'clean.pth')`."
             ) from None
-        raise ConversionError(f"{path.name} is not a PyTorch checkpoint (it cannot be read as one).") from None
-    except (RuntimeError, EOFError) as error:
-        if head.startswith(b"PK") or isinstance(error, EOFError) or "EOF" in str(error):
-            raise ConversionError(
-                f"{path.name} is truncated or corrupted ({str(error).split('. ')[0]}); download or copy it again."
-            ) from None
-        raise ConversionError(f"{path.name} is not a PyTorch checkpoint: {error}") from None
+        failure = error
+    except Exception as error:  # weights_only=True runs no code from the file: any failure means damaged bytes
+        failure = error
+    raise ConversionError(_unreadable_checkpoint_message(path.name, head, failure))
+
+
+# What `torch.save` files start with: a zip archive (the format since torch 1.6) or, in the legacy format, a pickle
+# (protocol 2) of torch's magic number.
+_ZIP_HEADER = b"PK\x03\x04"
+_LEGACY_TORCH_HEADER = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+
+def _unreadable_checkpoint_message(name: str, head: bytes, error: BaseException) -> str:
+    """Why a file that torch cannot load is refused: a torch file that is damaged, or not a torch file at all."""
+    reason = " ".join(str(error).split())
+    reason = reason.split(". ")[0][:200] if reason else "no details"
+    reason = f"{type(error).__name__}: {reason}"
+    if head.startswith((_ZIP_HEADER, _LEGACY_TORCH_HEADER)):
+        return (
+            f"{name} is a PyTorch checkpoint that is truncated or corrupted ({reason}); download or copy it again. "
+            "Nothing was written."
+        )
+    return (
+        f"{name} is not a PyTorch checkpoint: it does not start like a file written by `torch.save`, and reading it "
+        f"failed ({reason}). Pass the tutorial's `best_vae_model.pth` itself. Nothing was written."
+    )
 
 
 def _split_layout(obj: Any, name: str) -> tuple[Mapping, Mapping | None, str, list[str]]:

@@ -4,7 +4,7 @@ broken or foreign is ever converted or half-written."""
 from __future__ import annotations
 
 import json
-import os
+import random
 import subprocess
 import sys
 from datetime import datetime
@@ -267,7 +267,7 @@ def _truncated(path, tutorial):
 BAD_CHECKPOINTS = {
     "truncated": (_truncated, r"truncated or corrupted"),
     "empty": (_write_bytes(b""), r"is empty"),
-    "random bytes": (_write_bytes(os.urandom(4096)), r"not a PyTorch checkpoint"),
+    "random bytes": (_write_bytes(random.Random(0).randbytes(4096)), r"not a PyTorch checkpoint"),
     "json": (_write_bytes(json.dumps({"model_state_dict": {}}).encode()), r"not a PyTorch checkpoint"),
     "list": (lambda path, tutorial: torch.save([1, 2], path), r"holds a list"),
     "foreign dict": (

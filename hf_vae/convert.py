@@ -255,9 +255,9 @@ def load_checkpoint_file(path: str | os.PathLike) -> Any:
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        unsafe = re.search(r"GLOBAL (\S+) was not an allowed global|whose module (\S+) is blocked", str(error))
+        unsafe = re.search(r"GLOBAL (\S+) (?:was not an allowed global|whose module \S+ is blocked)", str(error))
         if unsafe:
-            name = unsafe.group(1) or unsafe.group(2)
+            name = unsafe.group(1)
             raise ConversionError(
                 f"Refused {path.name}: it is not plain tensors, it asks to run {name!r} when unpickled, which could "
                 "execute arbitrary code. hf-vae reads checkpoints with `torch.load(weights_only=True)` only and has "

@@ -3,9 +3,11 @@ single JSON/YAML file, and the model config they describe."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -191,6 +193,7 @@ class TrainingArguments:
             self.learning_rate is None or self.learning_rate > 0,
             f"--learning_rate must be positive, got {self.learning_rate}.",
         )
+        _require(0 <= self.seed < 2**32, f"--seed must be in [0, 2**32), got {self.seed}.")
         _require(self.logging_steps >= 1, f"--logging_steps must be at least 1, got {self.logging_steps}.")
         _require(self.kl_warmup_steps >= 0, f"--kl_warmup_steps must be >= 0, got {self.kl_warmup_steps}.")
         _require(self.warmup_steps >= 0, f"--warmup_steps must be >= 0, got {self.warmup_steps}.")
@@ -279,23 +282,106 @@ def parse_args(argv: list[str] | None = None) -> ArgumentTuple:
         parser.set_defaults(**values)
         for action in parser._actions:
             action.required = action.required and action.dest not in values  # the file gives it
-        argv = argv[1:]
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+        try:
+            model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv[1:])
+        except ValueError as error:
+            raise ValueError(f"{error} (options read from {argv[0]} and the flags after it)") from None
+    else:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     return model_args, data_args, resolve_defaults(model_args, training_args)
 
 
 def _read_arguments_file(path: Path, parser: HfArgumentParser) -> dict[str, Any]:
+    """The options of a `.json` / `.yaml` arguments file, each checked and converted as if it had been given as a
+    flag. A damaged or mistyped file (not text, not JSON/YAML, a value of the wrong type) is a `ValueError` naming
+    the file, the option and the fix, raised before anything runs: argparse does not check the types of defaults,
+    so an unchecked value would fail later, deep inside training, as a bare `TypeError`."""
     if not path.is_file():
-        raise FileNotFoundError(f"Arguments file {path} does not exist.")
-    text = path.read_text()
-    values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        raise FileNotFoundError(f"Arguments file {path} " + ("is not a file." if path.exists() else "does not exist."))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"Arguments file {path} is not UTF-8 text (byte {error.start} cannot be decoded): it is damaged or not "
+            "an arguments file."
+        ) from None
+    except OSError as error:
+        raise ValueError(f"Cannot read arguments file {path}: {error.strerror or error}.") from None
+    values = _parse_arguments_text(path, text)
     if not isinstance(values, dict):
-        raise ValueError(f"Arguments file {path} must hold a mapping of option names to values.")
-    known = {action.dest for action in parser._actions}
-    unknown = sorted(set(values) - known)
+        raise ValueError(
+            f"Arguments file {path} must hold a mapping of option names to values, not a {type(values).__name__}."
+        )
+    actions: dict[str, Any] = {}
+    for action in parser._actions:
+        actions.setdefault(action.dest, action)  # a bool's `--no_NAME` flag comes after the option itself
+    unknown = sorted(str(name) for name in values if name not in actions or name == "help")
     if unknown:
         raise ValueError(f"Arguments file {path}: unknown option(s) {unknown}; `hf-vae train --help` lists them.")
-    return values
+    optional = _optional_fields(parser)
+    return {name: _checked_value(path, actions[name], value, name in optional) for name, value in values.items()}
+
+
+def _parse_arguments_text(path: Path, text: str) -> Any:
+    try:
+        if path.suffix == ".json":
+            return json.loads(text)
+        return yaml.safe_load(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"Arguments file {path} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}."
+        ) from None
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ValueError(f"Arguments file {path} is not valid YAML: {error.problem or error.context}{where}.") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"Arguments file {path} is not valid YAML: {' '.join(str(error).split())}.") from None
+    except RecursionError:
+        raise ValueError(f"Arguments file {path} is nested too deeply to be an arguments file.") from None
+
+
+def _optional_fields(parser: HfArgumentParser) -> set[str]:
+    """Options that may be null (`None`): those whose type admits None."""
+    optional = set()
+    for dataclass_type in parser.dataclass_types:
+        for name, hint in typing.get_type_hints(dataclass_type).items():
+            if type(None) in typing.get_args(hint):
+                optional.add(name)
+    return optional
+
+
+_KINDS = {"int": "an integer", "float": "a number", "str": "text", "string_to_bool": "true or false"}
+
+
+def _checked_value(path: Path, action: Any, value: Any, optional: bool) -> Any:
+    """`value` converted by the option's own argparse type, as the same value given as a flag would be."""
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"Arguments file {path}: {action.dest} cannot be null; give it a value or remove the line.")
+    is_list = action.nargs in ("+", "*")
+    if is_list and not isinstance(value, list):
+        raise ValueError(f"Arguments file {path}: {action.dest} must be a list, got {value!r}.")
+    converted = []
+    for item in value if is_list else [value]:
+        try:
+            if not isinstance(item, (str, int, float, bool)):
+                raise ValueError
+            result = action.type(str(item)) if action.type is not None else item
+        except (TypeError, ValueError, argparse.ArgumentTypeError):
+            kind = _KINDS.get(getattr(action.type, "__name__", ""), "a valid value")
+            raise ValueError(
+                f"Arguments file {path}: {action.dest} must be {kind}"
+                + (" (a list of them)" if is_list else "")
+                + f", got {item!r}."
+            ) from None
+        if action.choices is not None and result not in action.choices:
+            raise ValueError(
+                f"Arguments file {path}: {action.dest} must be one of {list(action.choices)}, got {item!r}."
+            )
+        converted.append(result)
+    return converted if is_list else converted[0]
 
 
 def arguments_to_dict(arguments: ArgumentTuple) -> dict[str, Any]:

@@ -7,9 +7,11 @@ import contextlib
 import csv
 import json
 import logging
+import math
 import os
 import re
 import shutil
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -90,7 +92,13 @@ def build_model(model_args: ModelArguments) -> VAEModel:
         source = model_args.model_name_or_path
         if source.startswith((".", "/", "~")) and not Path(source).expanduser().is_dir():
             raise TrainingSetupError(f"--model_name_or_path: no saved model folder at {source!r}; check the path.")
-        model = VAEModel.from_pretrained(source)
+        try:
+            model = VAEModel.from_pretrained(source)
+        except Exception as error:  # from_pretrained only reads the folder: any failure means damaged or foreign files
+            raise TrainingSetupError(
+                f"--model_name_or_path {source!r}: cannot load a hf-vae model ({type(error).__name__}: {error}). "
+                "Pass a folder written by `hf-vae train` / `save_pretrained` (config.json and model.safetensors)."
+            ) from error
         changed = {name: value for name, value in overrides.items() if getattr(model.config, name, None) != value}
         if not changed:
             return model
@@ -271,6 +279,155 @@ def resolve_checkpoint(value: str | None, output_dir: Path) -> Path | None:
             f"{output_dir / CHECKPOINTS_DIR}/checkpoint-N, or 'latest' for the newest one in --output_dir."
         )
     return path
+
+
+# ---------------------------------------------------------------------------------------------- resuming safely
+_CHECKPOINT_ADVICE = (
+    "Resume from an older checkpoint (pass its folder to --resume_from_checkpoint) or start again with "
+    "--overwrite_output_dir."
+)
+# trainer_state.json: field -> accepted JSON types (bool is refused where a number is expected).
+_LOOP_STATE_TYPES: dict[str, tuple[type, ...]] = {
+    "global_step": (int,),
+    "epoch": (int,),
+    "step_in_epoch": (int,),
+    "epoch_time": (int, float),
+    "epoch_sums": (list,),
+    "best_val_loss": (int, float, type(None)),
+    "best_epoch": (int, type(None)),
+    "best_step": (int, type(None)),
+    "epochs_without_improvement": (int,),
+    "kl_weight": (int, float),
+    "history": (list,),
+}
+
+
+def _damaged_checkpoint(path: Path, problem: str) -> TrainingSetupError:
+    return TrainingSetupError(f"{path} {problem}; the checkpoint is damaged. {_CHECKPOINT_ADVICE}")
+
+
+def check_checkpoint_folder(folder: Path) -> None:
+    """Read every file of an accelerate checkpoint the safe way before `accelerator.load_state` restores it, so that
+    a damaged, truncated or crafted checkpoint is a `TrainingSetupError` naming the file, raised before the run
+    writes anything.
+
+    Why not just catch what `load_state` raises: accelerate restores the objects registered with
+    `register_for_checkpointing` (the learning-rate scheduler) with `torch.load(weights_only=False)`, which runs any
+    code a crafted `custom_checkpoint_N.pkl` holds, and it skips an unreadable RNG state with an INFO line, so the
+    resumed run would silently stop being exact. Here every pickle is loaded with `weights_only=True` (accelerate's
+    own loader, which allows its numpy RNG types and never runs code from the file) and the RNG states are tried on
+    throwaway generators; a file that only a full unpickler could read is refused, so accelerate's unsafe load never
+    sees it."""
+    from accelerate.utils import load as weights_only_load  # weights_only=True + accelerate's numpy allow-list
+    from safetensors.torch import load_file
+
+    try:
+        names = {path.name for path in folder.iterdir()}
+    except OSError as error:
+        raise TrainingSetupError(f"Cannot read checkpoint folder {folder}: {error.strerror or error}.") from None
+    missing = [name for name in ("model.safetensors", "optimizer.bin", "random_states_0.pkl") if name not in names]
+    if missing:
+        raise _damaged_checkpoint(folder, f"lacks {missing}, which every hf-vae checkpoint holds")
+    for name in sorted(names):
+        path = folder / name
+        if path.suffix not in (".safetensors", ".bin", ".pkl", ".pt") or path.is_dir():
+            continue
+        try:
+            if path.suffix == ".safetensors":
+                load_file(path)
+                continue
+            with warnings.catch_warnings():  # torch's "unusual pickle protocol" hint: the error below says more
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                loaded = weights_only_load(path, map_location="cpu")
+            if name.startswith("random_states_"):
+                _check_random_states(loaded)
+        except Exception as error:  # weights_only=True runs no code from the file: any failure means bad bytes
+            message = " ".join(str(error).split())
+            unsafe = re.search(r"GLOBAL (\S+) (?:was not an allowed global|whose module \S+ is blocked)", message)
+            if unsafe:
+                raise TrainingSetupError(
+                    f"Refused {path}: it is not plain tensors and numbers, it asks to run "
+                    f"{unsafe.group(1)!r} when unpickled, which could execute arbitrary code; "
+                    f"hf-vae never unpickles code. {_CHECKPOINT_ADVICE}"
+                ) from None
+            reason = message.split(". ")[0][:200] if message else "no details"
+            raise _damaged_checkpoint(path, f"cannot be read ({type(error).__name__}: {reason})") from None
+
+
+def _check_random_states(states: Any) -> None:
+    """Apply the saved RNG states to throwaway generators: what accelerate would apply, or else skip silently."""
+    import random
+
+    import numpy as np
+
+    if not isinstance(states, dict):
+        raise ValueError(f"holds a {type(states).__name__}, not the RNG states")
+    random.Random().setstate(states["random_state"])
+    np.random.RandomState().set_state(states["numpy_random_seed"])
+    torch.Generator().set_state(states["torch_manual_seed"])
+
+
+def read_loop_state(folder: Path) -> LoopState:
+    """The loop state in a checkpoint's `trainer_state.json`, every field checked: a damaged file is a
+    `TrainingSetupError` rather than a `TypeError` in the middle of the resumed loop."""
+    path = folder / STATE_FILE
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise _damaged_checkpoint(path, f"cannot be read ({type(error).__name__}: {error})") from None
+    if not isinstance(values, dict):
+        raise _damaged_checkpoint(path, f"holds a {type(values).__name__}, not a loop state (a JSON object)")
+    unknown = sorted(str(key) for key in values if key not in _LOOP_STATE_TYPES)
+    if unknown:
+        raise TrainingSetupError(
+            f"{path} has fields {unknown} that this hf-vae does not know: it is damaged or was written by another "
+            f"version. {_CHECKPOINT_ADVICE}"
+        )
+    for key, value in values.items():
+        types = _LOOP_STATE_TYPES[key]
+        wrong = isinstance(value, bool) or not isinstance(value, types)
+        if not wrong and isinstance(value, (int, float)):
+            wrong = not math.isfinite(value) or (int in types and float not in types and value < 0)
+        if not wrong and key == "epoch_sums":
+            wrong = not all(_is_number(item) for item in value)
+        if not wrong and key == "history":
+            wrong = not all(isinstance(row, dict) and all(_is_number(item) for item in row.values()) for row in value)
+        if wrong:
+            raise _damaged_checkpoint(path, f"has {key}={value!r}, which is not a valid value")
+    return LoopState(**values)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def load_checkpoint_state(accelerator: Accelerator, folder: Path) -> LoopState:
+    """`accelerator.load_state(folder)` for `--resume_from_checkpoint`, made safe: every file is first read without
+    running code (`check_checkpoint_folder`), the restore itself turns any failure into a `TrainingSetupError`, and
+    the restored optimiser state is checked against the parameters (torch accepts moment tensors of another shape,
+    which would fail at the first step). Returns the checkpoint's loop state."""
+    check_checkpoint_folder(folder)
+    state = read_loop_state(folder)
+    try:
+        accelerator.load_state(str(folder))
+    except Exception as error:  # every file was read safely above: what fails here is a mismatch with this run
+        message = " ".join(str(error).split())[:300]
+        raise TrainingSetupError(
+            f"{folder} does not fit this run ({type(error).__name__}: {message}): it was saved for another model "
+            "or optimiser. Resume with the options of the run that wrote it (its training_args.json), or start "
+            "again with --overwrite_output_dir."
+        ) from None
+    for optimizer in accelerator._optimizers:  # accelerate's list of the prepared optimisers
+        for group in optimizer.param_groups:
+            for parameter in group["params"]:
+                for name, value in optimizer.state.get(parameter, {}).items():
+                    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != parameter.shape:
+                        raise _damaged_checkpoint(
+                            folder / "optimizer.bin",
+                            f"holds an optimiser state {name!r} of shape {tuple(value.shape)} for a parameter of "
+                            f"shape {tuple(parameter.shape)}",
+                        )
+    return state
 
 
 def check_output_dir(args: TrainingArguments, output_dir: Path) -> None:

@@ -12,8 +12,10 @@ import io
 import logging
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
@@ -121,6 +123,31 @@ def _load_dataset(name: str, config_name: str | None, cache_dir: str | None) -> 
         ) from error
 
 
+def _load_local_dataset(path: Path, config_name: str | None, cache_dir: str | None) -> datasets.DatasetDict:
+    """A local dataset folder (`save_to_disk`, or laid out like a Hub dataset repo), every failure to read it a
+    `DataError` naming the folder. Reading local files runs no code (`datasets` no longer runs loading scripts), so
+    an exception here means damaged, missing or foreign files. Every Arrow table is validated in full, so that
+    damaged offsets are refused here rather than read out of bounds later."""
+    try:
+        if _is_save_to_disk_folder(path):
+            loaded = datasets.load_from_disk(str(path))
+            if isinstance(loaded, datasets.Dataset):
+                loaded = datasets.DatasetDict({"train": loaded})
+        else:
+            loaded = _load_dataset(str(path), config_name, cache_dir)
+        for split in loaded.values():
+            split.data.table.validate(full=True)
+    except DataError:
+        raise
+    except Exception as error:  # the reading boundary: whatever datasets/pyarrow/json raise on damaged files
+        reason = " ".join(str(error).split())[:300] or "no details"
+        raise DataError(
+            f"Cannot read the dataset folder {str(path)!r} ({type(error).__name__}: {reason}). One of its files is "
+            "damaged, truncated or missing: write it again (`save_to_disk`) or copy it again."
+        ) from error
+    return loaded
+
+
 def load_image_dataset(
     dataset_name: str, dataset_config_name: str | None = None, cache_dir: str | None = None
 ) -> datasets.DatasetDict:
@@ -128,12 +155,7 @@ def load_image_dataset(
     `save_to_disk` folder, with errors that say how to fix the call."""
     path = Path(dataset_name).expanduser()
     if path.exists():
-        if _is_save_to_disk_folder(path):
-            loaded = datasets.load_from_disk(str(path))
-            if isinstance(loaded, datasets.Dataset):
-                loaded = datasets.DatasetDict({"train": loaded})
-            return loaded
-        return _load_dataset(str(path), dataset_config_name, cache_dir)
+        return _load_local_dataset(path, dataset_config_name, cache_dir)
     if dataset_name.startswith((".", "/", "~")):
         raise DataError(f"No dataset folder at {dataset_name!r} (resolved to {path.resolve()}); check the path.")
     try:
@@ -185,10 +207,66 @@ def resolve_columns(
 
 
 # ---------------------------------------------------------------------------------------------- decoding
-def _decode_image(data: bytes | Image.Image | np.ndarray, mode: str, image_size: int | None) -> np.ndarray:
-    image = data if isinstance(data, Image.Image) else None
-    if image is None:
-        image = Image.fromarray(np.asarray(data)) if isinstance(data, np.ndarray) else Image.open(io.BytesIO(data))
+def _decode_image(
+    data: bytes | str | os.PathLike | Image.Image | np.ndarray, mode: str, image_size: int | None
+) -> np.ndarray:
+    """One image (encoded bytes, a file path, a PIL image or an array) as a uint8 array in `mode` ("L" or "RGB"),
+    resized and centre-cropped to `image_size` x `image_size` when given.
+
+    Images come from files users hand us, so whatever the bytes, this returns pixels or raises `DataError` with a
+    short reason, to which callers add the file or row. PIL parses the bytes without running any code, so every
+    exception it raises (`OSError`, `SyntaxError`, `ValueError`, `struct.error`, ...) means a damaged or unsupported
+    file. An image over PIL's decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`) is refused before its pixels are
+    decoded, and one that libtiff reads only in part is refused rather than padded. 16-bit greyscale is scaled to 8
+    bits (PIL's own conversion would clip it to white); palette, RGBA (alpha dropped) and CMYK images are converted
+    by PIL."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if isinstance(data, Image.Image):
+                array = _image_to_array(data, mode, image_size)
+            elif isinstance(data, np.ndarray):
+                array = _image_to_array(Image.fromarray(np.asarray(data)), mode, image_size)
+            else:
+                source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+                with Image.open(source) as image:
+                    array = _image_to_array(image, mode, image_size)
+    except DataError:
+        raise
+    except Image.DecompressionBombError as error:
+        reason = str(error).rstrip(".")
+        raise DataError(f"it is too large to decode safely ({reason}); shrink it first") from None
+    except Exception as error:  # the decoding boundary: PIL runs no code, any failure means bad bytes
+        reason = " ".join(str(error).split())[:200] or "no details"
+        raise DataError(f"it is damaged or not an image PIL can decode ({type(error).__name__}: {reason})") from None
+    for warning in caught:
+        message = " ".join(str(warning.message).split())
+        if "truncated" in message.lower():  # libtiff decodes what is there and warns: the rest would be blank
+            raise DataError(f"it is truncated ({message})")
+        if not issubclass(warning.category, Image.DecompressionBombWarning):
+            warnings.warn(message, warning.category, stacklevel=2)
+    return array
+
+
+def _image_to_array(image: Image.Image, mode: str, image_size: int | None) -> np.ndarray:
+    limit = Image.MAX_IMAGE_PIXELS
+    width, height = image.size
+    if limit and width * height > limit:
+        raise DataError(
+            f"it is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels), over the "
+            f"{limit / 1e6:.0f}-megapixel limit that guards against decompression bombs; shrink it first"
+            + (f" (it is resized to {image_size}x{image_size} anyway)" if image_size else "")
+        )
+    if image.mode.startswith("I;16"):  # 16-bit greyscale: scale 0..65535 to 0..255 (PIL's convert clips it)
+        levels = np.asarray(image).astype(np.uint32)
+        image = Image.fromarray(((levels * 255 + 32767) // 65535).astype(np.uint8))
+    elif image.mode in ("I", "F"):  # 32-bit integer or float pixels: only values 0..255 convert without clipping
+        values = np.asarray(image)
+        if values.size and not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= 255):
+            raise DataError(
+                f"its {image.mode!r} (32-bit) pixels span [{values.min()}, {values.max()}], outside 0..255; save it "
+                "as an 8-bit image"
+            )
     if image.mode != mode:
         image = image.convert(mode)
     if image_size is not None and image.size != (image_size, image_size):
@@ -197,17 +275,57 @@ def _decode_image(data: bytes | Image.Image | np.ndarray, mode: str, image_size:
 
 
 def _raw_images(dataset: datasets.Dataset, image_column: str) -> list:
-    """The column's images without `datasets`' per-row decoding: PNG/JPEG bytes where stored so."""
+    """The column's images without `datasets`' per-row decoding: PNG/JPEG bytes where stored so, else the path of
+    the image file (read when decoded), or arrays."""
     feature = dataset.features[image_column]
-    if isinstance(feature, datasets.Image):
-        column = dataset.cast_column(image_column, datasets.Image(decode=False))[image_column]
-        return [item["bytes"] if item["bytes"] is not None else Path(item["path"]).read_bytes() for item in column]
-    return list(dataset.with_format("numpy")[image_column])
+    try:
+        if isinstance(feature, datasets.Image):
+            column = dataset.cast_column(image_column, datasets.Image(decode=False))[image_column]
+            return [_bytes_or_path(item) for item in column]
+        return list(dataset.with_format("numpy")[image_column])
+    except Exception as error:  # reading a validated Arrow column: a failure means damaged rows
+        raise DataError(
+            f"Cannot read the images of column {image_column!r} ({type(error).__name__}: {error}); the dataset is "
+            "damaged: write or copy it again."
+        ) from error
 
 
-def _infer_mode(first_image: np.ndarray | bytes | Image.Image) -> str:
-    if isinstance(first_image, (bytes, bytearray)):
-        mode = Image.open(io.BytesIO(first_image)).mode
+def _bytes_or_path(item: Any) -> bytes | Path | None:
+    if not isinstance(item, dict):
+        return None
+    if item.get("bytes") is not None:
+        return item["bytes"]
+    return Path(item["path"]) if item.get("path") is not None else None
+
+
+def _decode_rows(raw: list, image_column: str, mode: str | None, image_size: int | None) -> list[np.ndarray]:
+    """`_decode_image` of every row (the mode of the first when `mode` is None), an error naming the row or file."""
+    arrays = []
+    for index, item in enumerate(raw):
+        where = f"image file {str(item)!r}" if isinstance(item, Path) else f"row {index}"
+        try:
+            if item is None:
+                raise DataError("it holds no image")
+            if mode is None:
+                mode = _infer_mode(item)
+            arrays.append(_decode_image(item, mode, image_size))
+        except DataError as error:
+            raise DataError(
+                f"Cannot decode {where} of column {image_column!r}: {error}. Fix or remove that image, or rebuild the "
+                "dataset."
+            ) from None
+    return arrays
+
+
+def _infer_mode(first_image: np.ndarray | bytes | Path | Image.Image) -> str:
+    if isinstance(first_image, (bytes, bytearray, Path)):
+        try:
+            with Image.open(
+                io.BytesIO(first_image) if isinstance(first_image, (bytes, bytearray)) else first_image
+            ) as image:
+                mode = image.mode
+        except Exception as error:  # PIL runs no code: any failure means bad bytes
+            raise DataError(f"it is damaged or not an image PIL can decode ({type(error).__name__}: {error})") from None
     elif isinstance(first_image, Image.Image):
         mode = first_image.mode
     else:
@@ -237,13 +355,14 @@ def decode_split(
     if cache_path is not None and cache_path.is_file():
         try:
             tensors = load_file(str(cache_path))
-            return ImageTensors(tensors["images"], tensors.get("labels"))
+            cached = ImageTensors(tensors["images"], tensors.get("labels"))
+            _check_cached(cached, len(dataset), label_column is not None)
+            return cached
         except Exception as error:  # a damaged cache is rebuilt, never trusted
             logger.warning("Ignoring unreadable decoded-image cache %s (%s); decoding again.", cache_path, error)
 
     raw = _raw_images(dataset, image_column)
-    mode = {1: "L", 3: "RGB"}.get(num_channels) or _infer_mode(raw[0])
-    arrays = [_decode_image(item, mode, image_size) for item in raw]
+    arrays = _decode_rows(raw, image_column, {1: "L", 3: "RGB"}.get(num_channels), image_size)
     shapes = {array.shape for array in arrays}
     if len(shapes) != 1:
         raise DataError(
@@ -260,11 +379,26 @@ def decode_split(
         )
     labels = None
     if label_column is not None:
-        labels = torch.as_tensor(np.asarray(dataset.with_format("numpy")[label_column]), dtype=torch.long)
+        try:
+            labels = torch.as_tensor(np.asarray(dataset.with_format("numpy")[label_column]), dtype=torch.long)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise DataError(
+                f"Label column {label_column!r} does not hold one integer class per row ({error}); pass the right "
+                "--label_column, or fix the dataset."
+            ) from None
     result = ImageTensors(images, labels)
     if cache_path is not None:
         _write_cache(cache_path, result)
     return result
+
+
+def _check_cached(data: ImageTensors, rows: int, labelled: bool) -> None:
+    """A cache file can be valid safetensors and still not be what `decode_split` wrote (damaged or foreign)."""
+    images, labels = data.images, data.labels
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[0] != rows:
+        raise ValueError(f"images are {images.dtype} {tuple(images.shape)}, expected uint8 ({rows}, C, H, W)")
+    if labelled != (labels is not None) or (labels is not None and labels.shape != (rows,)):
+        raise ValueError("its labels do not match the split")
 
 
 def _cache_path(

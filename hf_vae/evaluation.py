@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
@@ -63,7 +63,7 @@ def load_model(model_name_or_path: str, revision: str | None = None, device: str
     mode on `device`."""
     try:
         model = VAEModel.from_pretrained(model_name_or_path, revision=revision)
-    except OSError as error:
+    except Exception as error:  # loading only reads the model's files: any failure means they are damaged
         raise EvaluationError(
             f"Could not load a hf-vae model from {model_name_or_path!r}: {error}\nPass a folder written by "
             "`hf-vae train` / `save_pretrained` (config.json and model.safetensors) or a Hub repo id."
@@ -125,7 +125,8 @@ def _image_extensions() -> set[str]:
 
 def load_image_folder(folder: str | Path, image_size: int, num_channels: int) -> tuple[list[Path], torch.Tensor]:
     """Every image file under `folder` (recursively, sorted by path), converted to the model's channels and
-    resized/centre-cropped to its size: the paths and a uint8 tensor (N, C, H, W)."""
+    resized/centre-cropped to its size: the paths and a uint8 tensor (N, C, H, W). A file that cannot be decoded
+    (damaged, truncated, over PIL's decompression-bomb limit) is an `EvaluationError` naming it, before any score."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise EvaluationError(f"--image_folder {str(folder)!r} is not a folder.")
@@ -139,10 +140,9 @@ def load_image_folder(folder: str | Path, image_size: int, num_channels: int) ->
     arrays = []
     for path in paths:
         try:
-            with Image.open(path) as image:
-                arrays.append(_decode_image(image, mode, image_size))
-        except (UnidentifiedImageError, OSError) as error:
-            raise EvaluationError(f"Cannot read image {str(path)!r} ({error}); fix or remove the file.") from error
+            arrays.append(_decode_image(path, mode, image_size))
+        except DataError as error:  # damaged, truncated, too large, or 32-bit pixels out of range
+            raise EvaluationError(f"Cannot read image {str(path)!r}: {error}. Fix or remove the file.") from None
     stacked = np.stack(arrays)
     images = torch.from_numpy(stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2))
     return paths, images.contiguous()

@@ -3,15 +3,18 @@
 from transformers import AutoConfig, AutoModel
 
 from .configuration_vae import PRESETS, VAEConfig
+from .families import FAMILIES, config_class, model_class
 from .modeling_vae import VAEDecoderOutput, VAEEncoderOutput, VAEModel, VAEOutput, VAEPreTrainedModel
 
 __version__ = "0.1.0"
 
-AutoConfig.register(VAEConfig.model_type, VAEConfig, exist_ok=True)
-AutoModel.register(VAEConfig, VAEModel, exist_ok=True)
-# Saved folders carry their code and an `auto_map`, so `trust_remote_code=True` loads them without hf-vae.
-VAEConfig.register_for_auto_class()
-VAEModel.register_for_auto_class("AutoModel")
+for _model_type in FAMILIES:
+    _config, _model = config_class(_model_type), model_class(_model_type)
+    AutoConfig.register(_model_type, _config, exist_ok=True)
+    AutoModel.register(_config, _model, exist_ok=True)
+    # Saved folders carry their code and an `auto_map`, so `trust_remote_code=True` loads them without hf-vae.
+    _config.register_for_auto_class()
+    _model.register_for_auto_class("AutoModel")
 
 __all__ = [
     "PRESETS",

@@ -106,6 +106,33 @@ def binarize_statically(images: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.bernoulli(probabilities, generator=generator).mul_(255).to(torch.uint8)
 
 
+def evaluation_images(data: ImageTensors, binarize: str, seed: int = 0) -> ImageTensors:
+    """A split as a model is validated, evaluated and pictured on: for models trained on binarised data (`binarize`
+    "dynamic" or "static") one fixed Bernoulli draw seeded with `seed`, so that figures do not jitter and compare
+    between runs and with the literature; the grey levels otherwise."""
+    if binarize == "none":
+        return data
+    return ImageTensors(binarize_statically(data.images, seed), data.labels)
+
+
+def binarization_seed(seed: int, process_index: int, epoch: int, step_in_epoch: int) -> int:
+    """Seed of one training batch's dynamic binarisation: a function of the position alone, so that a resumed run
+    (and every process) draws exactly what an uninterrupted run draws, with no generator state to save."""
+    value = seed
+    for part in (process_index, epoch, step_in_epoch):
+        value = (value * 1_000_003 + part) % (2**63 - 1)
+    return value
+
+
+def tensor_batches(data: ImageTensors, batch_size: int):
+    """uint8 batch dicts ("pixel_values", and "labels" when there are labels) of consecutive images."""
+    for start in range(0, len(data), batch_size):
+        batch = {"pixel_values": data.images[start : start + batch_size]}
+        if data.labels is not None:
+            batch["labels"] = data.labels[start : start + batch_size]
+        yield batch
+
+
 # ---------------------------------------------------------------------------------------------- loading
 def _is_save_to_disk_folder(path: Path) -> bool:
     return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
@@ -516,13 +543,16 @@ __all__ = [
     "ImageDataSplits",
     "ImageTensorDataset",
     "ImageTensors",
+    "binarization_seed",
     "binarize_statically",
     "check_matches_config",
     "collate_batch",
     "decode_split",
+    "evaluation_images",
     "hold_out",
     "load_image_dataset",
     "load_splits",
     "resolve_columns",
+    "tensor_batches",
     "to_pixel_values",
 ]

@@ -17,8 +17,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,28 +28,32 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
-from .configuration_vae import VAEConfig
 from .data import (
     DataError,
     ImageTensors,
     _decode_image,
-    binarize_statically,
     check_matches_config,
     decode_split,
+    evaluation_images,
     load_image_dataset,
     resolve_columns,
+    tensor_batches,
     to_pixel_values,
 )
-from .modeling_vae import VAEModel
+from .estimators import (
+    ANOMALY_METHODS,
+    DEFAULT_MAX_BATCH_ELEMENTS,
+    anomaly_score,
+    bits_per_dim,
+    log_likelihood,
+    negative_elbo,
+)
+from .families import load_pretrained
+from .modeling_utils import evaluating
 
 logger = logging.getLogger(__name__)
 
-# Decoded pixels held at once by the IWAE estimate: 2**23 floats (32 MiB) is about 10.7k decoder rows of a 28x28
-# image. Measured on 2 CPU cores, 2**25 was no faster and spent 3x more system time allocating fresh pages.
-DEFAULT_MAX_BATCH_ELEMENTS = 2**23
 ACTIVE_UNIT_THRESHOLD = 0.01
-ANOMALY_METHODS = ("elbo", "iwae")
-DEFAULT_ANOMALY_SAMPLES = {"elbo": 16, "iwae": 1000}
 
 
 class EvaluationError(ValueError):
@@ -58,25 +61,17 @@ class EvaluationError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-def load_model(model_name_or_path: str, revision: str | None = None, device: str | torch.device = "cpu") -> VAEModel:
-    """A trained model from a local folder or a Hub repo id (the Hub cache and `HF_HUB_OFFLINE` apply), in eval
-    mode on `device`."""
+def load_model(model_name_or_path: str, revision: str | None = None, device: str | torch.device = "cpu"):
+    """A trained model of any hf-vae family from a local folder or a Hub repo id (the Hub cache and
+    `HF_HUB_OFFLINE` apply), in eval mode on `device`."""
     try:
-        model = VAEModel.from_pretrained(model_name_or_path, revision=revision)
+        model = load_pretrained(model_name_or_path, revision=revision)
     except Exception as error:  # loading only reads the model's files: any failure means they are damaged
         raise EvaluationError(
             f"Could not load a hf-vae model from {model_name_or_path!r}: {error}\nPass a folder written by "
             "`hf-vae train` / `save_pretrained` (config.json and model.safetensors) or a Hub repo id."
         ) from error
     return model.to(device).eval()
-
-
-def evaluation_pixel_values(images: torch.Tensor, binarize: str, seed: int = 0) -> torch.Tensor:
-    """The pixels a model is evaluated and pictured on, from uint8 images: one fixed Bernoulli draw (seeded) for
-    models trained on binarised data (`binarize` "dynamic" or "static"), the grey levels otherwise."""
-    if binarize in ("dynamic", "static"):
-        images = binarize_statically(images, seed)
-    return to_pixel_values(images)
 
 
 def describe_binarization(binarize: str, seed: int) -> str:
@@ -87,7 +82,7 @@ def describe_binarization(binarize: str, seed: int) -> str:
 
 def load_split(
     dataset_name: str,
-    config: VAEConfig,
+    config,
     split: str = "test",
     dataset_config_name: str | None = None,
     image_column: str | None = None,
@@ -149,88 +144,64 @@ def load_image_folder(folder: str | Path, image_size: int, num_channels: int) ->
 
 
 # ---------------------------------------------------------------------------------------------- figures
-@dataclass
-class PerImageFigures:
-    """Per-image evaluation figures in nats, each (N,), and the posterior means (N, latent_dim)."""
-
-    negative_elbo: torch.Tensor
-    reconstruction: torch.Tensor
-    kl: torch.Tensor
-    iwae_nll: torch.Tensor
-    reference_style_loss: torch.Tensor
-    reference_style_loss_posterior_mean: torch.Tensor
-    kl_per_dimension: torch.Tensor
-    posterior_means: torch.Tensor
-
-
-def _batches(count: int, batch_size: int, progress: bool, description: str):
-    starts = range(0, count, batch_size)
-    return tqdm(starts, desc=description, unit="batch", disable=None if progress else True)
-
-
-@contextmanager
-def evaluating(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode (BatchNorm running statistics, no dropout) without autograd, then every module back in the mode
-    it came in: evaluation may run in the middle of training."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
-def compute_per_image_figures(
-    model: VAEModel,
-    pixel_values: torch.Tensor,
-    labels: torch.Tensor | None = None,
-    iwae_samples: int = 1000,
-    elbo_samples: int = 10,
+@torch.no_grad()
+def per_image_figures(
+    model: torch.nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
     seed: int = 0,
-    batch_size: int = 100,
+    *,
+    elbo_samples: int = 0,
+    iwae_samples: int = 0,
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
     max_batch_elements: int = DEFAULT_MAX_BATCH_ELEMENTS,
-    progress: bool = False,
-) -> PerImageFigures:
-    """Negative ELBO (reconstruction averaged over `elbo_samples` posterior draws, exact KL), the IWAE estimate of
-    -log p(x) with `iwae_samples` draws, and the reference tutorial's loss for every image, in batches of
-    `batch_size` images. One generator seeded with `seed` drives every draw, so the figures repeat exactly for the
-    same seed and batch size."""
-    if iwae_samples < 1 or elbo_samples < 1 or batch_size < 1:
-        raise EvaluationError(
-            f"iwae_samples, elbo_samples and batch_size must be positive, got {iwae_samples}, {elbo_samples}, "
-            f"{batch_size}."
-        )
-    if len(pixel_values) == 0:
-        raise EvaluationError("No images to evaluate.")
-    generator = torch.Generator().manual_seed(seed)
-    columns: dict[str, list[torch.Tensor]] = {name: [] for name in PerImageFigures.__dataclass_fields__}
+    progress: tqdm | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per-image figures in nats over uint8 batch dicts, in eval mode: the one evaluator of training's validation
+    and of `hf-vae evaluate`. Written against the family contract only.
+
+    Always: `loss` and each of `loss_terms`, from `forward` with one posterior draw per image (the model's own
+    objective, as validation reports it). With `elbo_samples` / `iwae_samples` (evaluation): `negative_elbo`
+    (averaged over that many draws), `iwae_nll` (the IWAE estimate of -log p(x) with K draws),
+    `reference_style_loss` (the -ELBO from one draw: the reference tutorial's loss for beta = 1),
+    `reference_style_loss_posterior_mean` (the loss at the posterior's mode), and, for families with a continuous
+    posterior, `posterior_means` and `kl_per_dimension` (N, D).
+
+    Draws come from two generators seeded with `seed`: one for the estimates (on the CPU, so figures do not depend on
+    the device), one for the objective (on the model's device, as the training loop's validation has always drawn).
+    Under several processes `gather` (`accelerator.gather_for_metrics`) collects each image exactly once.
+    """
+    estimates = bool(elbo_samples or iwae_samples)
+    estimate_generator = torch.Generator().manual_seed(seed)
+    objective_generator = torch.Generator(device=model.device).manual_seed(seed)
+    columns: dict[str, list[torch.Tensor]] = {}
     with evaluating(model):
-        for start in _batches(len(pixel_values), batch_size, progress, f"IWAE (K={iwae_samples})"):
-            batch = pixel_values[start : start + batch_size].to(model.device)
-            batch_labels = None if labels is None else labels[start : start + batch_size].to(model.device)
-            posterior = model.encode(batch, batch_labels)
-            kl_per_dimension = model.kl_per_dimension(posterior.mean, posterior.logvar)
-            kl = kl_per_dimension.sum(1).double()
-            negative_elbo = model.negative_elbo(batch, batch_labels, elbo_samples, generator, max_batch_elements)
-            iwae_nll = -model.log_likelihood(batch, batch_labels, iwae_samples, generator, max_batch_elements)
-            sampled = model(batch, batch_labels, sample_posterior=True, generator=generator)
-            at_mean = model(batch, batch_labels, sample_posterior=False)
-            beta_kl = model.config.beta * kl
-            columns["negative_elbo"].append(negative_elbo.cpu())
-            columns["reconstruction"].append((negative_elbo - kl).cpu())
-            columns["kl"].append(kl.cpu())
-            columns["iwae_nll"].append(iwae_nll.cpu())
-            columns["reference_style_loss"].append(
-                (model.reconstruction_nll(sampled.logits, batch).double() + beta_kl).cpu()
-            )
-            columns["reference_style_loss_posterior_mean"].append(
-                (model.reconstruction_nll(at_mean.logits, batch).double() + beta_kl).cpu()
-            )
-            columns["kl_per_dimension"].append(kl_per_dimension.double().cpu())
-            columns["posterior_means"].append(posterior.mean.double().cpu())
-    return PerImageFigures(**{name: torch.cat(values) for name, values in columns.items()})
+        for batch in batches:
+            pixel_values = to_pixel_values(batch["pixel_values"].to(model.device))
+            labels = batch["labels"].to(model.device) if model.config.num_classes is not None else None
+            figures: dict[str, torch.Tensor] = {}
+            draws = {"generator": estimate_generator, "labels": labels, "max_batch_elements": max_batch_elements}
+            if estimates:
+                figures["negative_elbo"] = negative_elbo(model, pixel_values, max(elbo_samples, 1), **draws)
+                figures["iwae_nll"] = -log_likelihood(model, pixel_values, max(iwae_samples, 1), **draws)
+                figures["reference_style_loss"] = negative_elbo(model, pixel_values, 1, **draws)
+                at_mode = model(pixel_values, labels, sample_posterior=False, reduction="none")
+                figures["reference_style_loss_posterior_mean"] = at_mode.loss
+                posterior = getattr(at_mode, "latent_dist", None)
+                if posterior is not None:
+                    figures["posterior_means"] = posterior.mode()
+                    if getattr(model.prior, "has_closed_form_kl", False):
+                        figures["kl_per_dimension"] = model.prior.kl_per_dimension(posterior)
+            outputs = model(pixel_values, labels, generator=objective_generator, reduction="none")
+            figures["loss"] = outputs.loss
+            figures.update(outputs.loss_terms)
+            for name, values in figures.items():
+                values = values.double()
+                columns.setdefault(name, []).append((gather(values) if gather is not None else values).cpu())
+            if progress is not None:
+                progress.update(1)
+    if not columns:
+        raise EvaluationError("No images to evaluate.")
+    return {name: torch.cat(values) for name, values in columns.items()}
 
 
 def active_units(posterior_means: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> tuple[int, torch.Tensor]:
@@ -247,35 +218,41 @@ def _standard_error(values: torch.Tensor) -> float | None:
 
 
 def summarize_figures(
-    figures: PerImageFigures, config: VAEConfig, labels: torch.Tensor | None = None
+    figures: dict[str, torch.Tensor], num_pixels: int, labels: torch.Tensor | None = None
 ) -> dict[str, Any]:
     """Means over images (nats per image), bits per dimension, active units and per-class figures."""
-    count, variances = active_units(figures.posterior_means)
-    iwae_nll = float(figures.iwae_nll.mean())
-    summary: dict[str, Any] = {
-        "negative_elbo": float(figures.negative_elbo.mean()),
-        "reconstruction": float(figures.reconstruction.mean()),
-        "kl": float(figures.kl.mean()),
-        "iwae_nll": iwae_nll,
-        "bits_per_dim": iwae_nll / (config.num_pixels * math.log(2)),
-        "reference_style_loss": float(figures.reference_style_loss.mean()),
-        "reference_style_loss_posterior_mean": float(figures.reference_style_loss_posterior_mean.mean()),
-        "standard_errors": {
-            "negative_elbo": _standard_error(figures.negative_elbo),
-            "iwae_nll": _standard_error(figures.iwae_nll),
-        },
-        "active_units": count,
-        "active_unit_threshold": ACTIVE_UNIT_THRESHOLD,
-        "posterior_mean_variance": variances.tolist(),
-        "kl_per_dimension": figures.kl_per_dimension.mean(0).tolist(),
-    }
+    iwae_nll = float(figures["iwae_nll"].mean())
+    summary: dict[str, Any] = {"negative_elbo": float(figures["negative_elbo"].mean())}
+    if "kl_loss" in figures:
+        summary["reconstruction"] = float((figures["negative_elbo"] - figures["kl_loss"]).mean())
+        summary["kl"] = float(figures["kl_loss"].mean())
+    summary.update(
+        {
+            "iwae_nll": iwae_nll,
+            "bits_per_dim": bits_per_dim(iwae_nll, num_pixels),
+            "reference_style_loss": float(figures["reference_style_loss"].mean()),
+            "reference_style_loss_posterior_mean": float(figures["reference_style_loss_posterior_mean"].mean()),
+            "standard_errors": {
+                "negative_elbo": _standard_error(figures["negative_elbo"]),
+                "iwae_nll": _standard_error(figures["iwae_nll"]),
+            },
+            "loss": float(figures["loss"].mean()),
+        }
+    )
+    if "posterior_means" in figures:
+        count, variances = active_units(figures["posterior_means"])
+        summary.update(
+            active_units=count, active_unit_threshold=ACTIVE_UNIT_THRESHOLD, posterior_mean_variance=variances.tolist()
+        )
+    if "kl_per_dimension" in figures:
+        summary["kl_per_dimension"] = figures["kl_per_dimension"].mean(0).tolist()
     if labels is not None:
         per_class = {}
         for label in torch.unique(labels).tolist():
             mask = labels == label
             per_class[str(label)] = {
-                "negative_elbo": float(figures.negative_elbo[mask].mean()),
-                "iwae_nll": float(figures.iwae_nll[mask].mean()),
+                "negative_elbo": float(figures["negative_elbo"][mask].mean()),
+                "iwae_nll": float(figures["iwae_nll"][mask].mean()),
                 "count": int(mask.sum()),
             }
         summary["per_class"] = per_class
@@ -283,7 +260,7 @@ def summarize_figures(
 
 
 def evaluate_model(
-    model: VAEModel,
+    model: torch.nn.Module,
     data: ImageTensors,
     iwae_samples: int = 1000,
     elbo_samples: int = 10,
@@ -292,26 +269,43 @@ def evaluate_model(
     max_batch_elements: int = DEFAULT_MAX_BATCH_ELEMENTS,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate `model` on uint8 `data` under the binarisation rule (see `evaluation_pixel_values`): the summary
-    figures of `summarize_figures` plus the settings that produced them."""
+    """Evaluate `model` on uint8 `data` as it is evaluated everywhere (`evaluation_images`: one fixed Bernoulli draw
+    for binarised models): the summary figures of `summarize_figures` plus the settings that produced them."""
+    if iwae_samples < 1 or elbo_samples < 1 or batch_size < 1:
+        raise EvaluationError(
+            f"iwae_samples, elbo_samples and batch_size must be positive, got {iwae_samples}, {elbo_samples}, "
+            f"{batch_size}."
+        )
+    if len(data) == 0:
+        raise EvaluationError("No images to evaluate.")
     started = time.perf_counter()
-    pixel_values = evaluation_pixel_values(data.images, model.config.binarize, seed)
-    figures = compute_per_image_figures(
-        model, pixel_values, data.labels, iwae_samples, elbo_samples, seed, batch_size, max_batch_elements, progress
-    )
-    results = summarize_figures(figures, model.config, data.labels)
+    config = model.config
+    images = evaluation_images(data, config.binarize, seed)
+    bar = tqdm(total=math.ceil(len(data) / batch_size), desc=f"evaluate (IWAE K={iwae_samples})", unit="batch")
+    bar.disable = not progress or bar.disable
+    with bar:
+        figures = per_image_figures(
+            model,
+            tensor_batches(images, batch_size),
+            seed,
+            elbo_samples=elbo_samples,
+            iwae_samples=iwae_samples,
+            max_batch_elements=max_batch_elements,
+            progress=bar,
+        )
+    results = summarize_figures(figures, config.num_channels * config.image_size**2, data.labels)
     results.update(
         {
             "iwae_samples": iwae_samples,
             "elbo_samples": elbo_samples,
-            "binarize": model.config.binarize,
-            "evaluation_pixels": describe_binarization(model.config.binarize, seed),
+            "binarize": config.binarize,
+            "evaluation_pixels": describe_binarization(config.binarize, seed),
             "seed": seed,
             "batch_size": batch_size,
             "num_images": len(data),
-            "latent_dim": model.config.latent_dim,
+            "latent_dim": getattr(config, "latent_dim", None),
             "num_parameters": model.num_parameters(),
-            "beta": model.config.beta,
+            "beta": getattr(config, "beta", None),
             "seconds": round(time.perf_counter() - started, 2),
         }
     )
@@ -319,8 +313,13 @@ def evaluate_model(
 
 
 # ---------------------------------------------------------------------------------------------- anomalies
+def _batches(count: int, batch_size: int, progress: bool, description: str):
+    starts = range(0, count, batch_size)
+    return tqdm(starts, desc=description, unit="batch", disable=None if progress else True)
+
+
 def anomaly_scores(
-    model: VAEModel,
+    model: torch.nn.Module,
     pixel_values: torch.Tensor,
     labels: torch.Tensor | None = None,
     method: str = "elbo",
@@ -334,7 +333,7 @@ def anomaly_scores(
     prior, -log(1/C sum_c exp(-score_c)), so unlabelled images can be scored."""
     if method not in ANOMALY_METHODS:
         raise EvaluationError(f"The anomaly method must be one of {list(ANOMALY_METHODS)}, got {method!r}.")
-    num_samples = num_samples or DEFAULT_ANOMALY_SAMPLES[method]
+    num_samples = num_samples or ANOMALY_METHODS[method]
     num_classes = model.config.num_classes
     generator = torch.Generator().manual_seed(seed)
     scores = []
@@ -343,10 +342,10 @@ def anomaly_scores(
             batch = pixel_values[start : start + batch_size].to(model.device)
             if labels is not None or num_classes is None:
                 batch_labels = None if labels is None else labels[start : start + batch_size].to(model.device)
-                scores.append(model.anomaly_score(batch, batch_labels, method, num_samples, generator).cpu())
+                scores.append(anomaly_score(model, batch, batch_labels, method, num_samples, generator).cpu())
                 continue
             per_class = torch.stack(
-                [model.anomaly_score(batch, label, method, num_samples, generator) for label in range(num_classes)]
+                [anomaly_score(model, batch, label, method, num_samples, generator) for label in range(num_classes)]
             )
             scores.append((math.log(num_classes) - torch.logsumexp(-per_class.double(), dim=0)).cpu())
     return torch.cat(scores).double()
@@ -433,7 +432,7 @@ def _check_arguments(args: EvaluationArguments) -> None:
         raise EvaluationError("--output writes dataset figures: pass --dataset_name too.")
 
 
-def _fit_threshold(args: EvaluationArguments, model: VAEModel, use_labels: bool) -> dict[str, Any] | None:
+def _fit_threshold(args: EvaluationArguments, model: torch.nn.Module, use_labels: bool) -> dict[str, Any] | None:
     """The threshold to flag anomalies with: given, fit on the threshold split's scores, or none."""
     if args.threshold is not None:
         return {"threshold": args.threshold, "source": "--threshold"}
@@ -453,7 +452,7 @@ def _fit_threshold(args: EvaluationArguments, model: VAEModel, use_labels: bool)
     except DataError as error:
         logger.warning("No anomaly threshold fit (%s); scores are written without flags.", error)
         return None
-    pixel_values = evaluation_pixel_values(normal.images, model.config.binarize, args.seed)
+    pixel_values = to_pixel_values(evaluation_images(normal, model.config.binarize, args.seed).images)
     scores = anomaly_scores(
         model,
         pixel_values,
@@ -485,7 +484,9 @@ def _score_rows(
     return rows, flagged
 
 
-def run_anomaly_scoring(args: EvaluationArguments, model: VAEModel, data: ImageTensors | None = None) -> dict[str, Any]:
+def run_anomaly_scoring(
+    args: EvaluationArguments, model: torch.nn.Module, data: ImageTensors | None = None
+) -> dict[str, Any]:
     """Score --image_folder (else the evaluated split `data`), flag against the threshold, write the CSV."""
     folder = args.image_folder is not None
     use_labels = not folder and data is not None and data.labels is not None
@@ -499,7 +500,8 @@ def run_anomaly_scoring(args: EvaluationArguments, model: VAEModel, data: ImageT
         keys = {"index": list(range(len(data)))}
         if labels is not None:
             keys["label"] = labels.tolist()
-    pixel_values = evaluation_pixel_values(images, model.config.binarize, args.seed)
+    binarized = evaluation_images(ImageTensors(images, labels), model.config.binarize, args.seed)
+    pixel_values = to_pixel_values(binarized.images)
     scores = anomaly_scores(
         model, pixel_values, labels, args.anomaly_method, args.anomaly_samples, args.seed, args.batch_size, True
     )
@@ -508,7 +510,7 @@ def run_anomaly_scoring(args: EvaluationArguments, model: VAEModel, data: ImageT
     report = {
         "scored": args.image_folder if folder else f"{args.dataset_name} [{args.split}]",
         "method": args.anomaly_method,
-        "num_samples": args.anomaly_samples or DEFAULT_ANOMALY_SAMPLES[args.anomaly_method],
+        "num_samples": args.anomaly_samples or ANOMALY_METHODS[args.anomaly_method],
         "num_images": len(rows),
         "mean_score": float(scores.mean()),
         "scores_csv": str(path),
@@ -611,18 +613,15 @@ __all__ = [
     "ANOMALY_METHODS",
     "EvaluationArguments",
     "EvaluationError",
-    "PerImageFigures",
     "active_units",
     "anomaly_scores",
-    "compute_per_image_figures",
     "evaluate_model",
-    "evaluating",
-    "evaluation_pixel_values",
     "fit_anomaly_threshold",
     "format_summary",
     "load_image_folder",
     "load_model",
     "load_split",
     "main",
+    "per_image_figures",
     "summarize_figures",
 ]

@@ -16,16 +16,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import validate_repo_id
 from transformers import HfArgumentParser
 
-from .model_card import CARD_NAME, build_model_card
+from .families import auto_map, model_type_of, remote_code_files
+from .model_card import CARD_NAME, PICTURES, build_model_card
 
 try:  # the HTTP client of huggingface_hub 2.x; 1.x used httpx
     from httpx2 import TransportError
@@ -37,8 +41,17 @@ logger = logging.getLogger(__name__)
 # Training states are large, only useful for resuming, and may hold optimizer state: they stay local.
 EXCLUDED_DIRECTORIES = {"checkpoints", "__pycache__"}
 TEMPORARY_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".lock", ".swp", ".pyc", "~")
-CODE_FILES = ("configuration_vae.py", "modeling_vae.py")
-AUTO_MAP = {"AutoConfig": "configuration_vae.VAEConfig", "AutoModel": "modeling_vae.VAEModel"}
+# What a folder holds beside the weights that `model.push_to_hub` carries over from the folder a model was loaded from.
+RESULT_FILES = (
+    "metrics.csv",
+    "training_args.json",
+    "train_results.json",
+    "eval_results.json",
+    "evaluation.json",
+    "build.json",
+    "conversion.json",
+    *(file for file, _ in PICTURES),
+)
 LOGIN_HINT = "Log in with `hf auth login`, or set the HF_TOKEN environment variable"
 NOTHING_CHANGED = "No commit was made and the local folder is unchanged."
 
@@ -75,22 +88,23 @@ def _contains(path: Path, needle: bytes, chunk_size: int = 1 << 22) -> bool:
 
 
 def _operations(model_dir: Path, files: list[Path], card: bytes) -> list[CommitOperationAdd]:
-    """The commit: the folder's files, the card, and the code files and `auto_map` that `trust_remote_code` needs
-    (added from the installed package when the folder lacks them, e.g. a folder saved before hf-vae registered its
-    classes)."""
+    """The commit: the folder's files, the card, and the code `trust_remote_code` needs with its `auto_map`, both
+    from the installed package (the one copy of the code anyone edits; a folder's own copies may be stale)."""
+    model_type = model_type_of(model_dir) or "hf_vae"
+    code_files = remote_code_files(model_type)
     operations = []
     for relative in files:
+        if relative.as_posix() in code_files:
+            continue
         content: str | bytes = str(model_dir / relative)
         if relative.as_posix() == "config.json":
             config = json.loads((model_dir / relative).read_text(encoding="utf-8"))
-            if not config.get("auto_map"):
-                content = (json.dumps({**config, "auto_map": AUTO_MAP}, indent=2, sort_keys=True) + "\n").encode()
+            config["auto_map"] = auto_map(model_type)
+            content = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
         operations.append(CommitOperationAdd(path_in_repo=relative.as_posix(), path_or_fileobj=content))
-    present = {relative.as_posix() for relative in files}
     package_dir = Path(__file__).resolve().parent
-    for name in CODE_FILES:
-        if name not in present:
-            operations.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(package_dir / name)))
+    for name in code_files:
+        operations.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(package_dir / name)))
     operations.append(CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=card))
     return operations
 
@@ -198,6 +212,33 @@ def push_to_hub(
         raise _explain(error, api.endpoint, repo_id) from error
     logger.info("Pushed %s to %s", model_dir, commit.commit_url)
     return commit
+
+
+def push_model(model: Any, repo_id: str, **kwargs: Any) -> CommitInfo:
+    """`model.push_to_hub(repo_id, ...)` for hf-vae models: the model saved as `save_pretrained` saves it, plus the
+    results and pictures of the folder it was loaded from (`model.name_or_path`, when that is a local folder holding
+    them), pushed by `push_to_hub` with the generated card. Takes transformers' `push_to_hub` keywords
+    (`commit_message`, `private`, `token`, `revision`, `create_pr`); the local folder is never written to."""
+    unsupported = sorted(set(kwargs) - {"commit_message", "private", "token", "revision", "create_pr", "endpoint"})
+    if unsupported:
+        logger.warning("hf-vae's push ignores %s.", ", ".join(unsupported))
+    source = Path(str(getattr(model, "name_or_path", "") or ""))
+    with tempfile.TemporaryDirectory(prefix="hf-vae-push-") as folder:
+        model.save_pretrained(folder, model_card=False)
+        if source.is_dir() and source.resolve() != Path(folder).resolve():
+            for name in RESULT_FILES:
+                if (source / name).is_file():
+                    shutil.copyfile(source / name, Path(folder) / name)
+        return push_to_hub(
+            folder,
+            repo_id,
+            private=bool(kwargs.get("private")),
+            revision=kwargs.get("revision"),
+            commit_message=kwargs.get("commit_message"),
+            create_pr=bool(kwargs.get("create_pr")),
+            token=kwargs.get("token") if isinstance(kwargs.get("token"), str) else None,
+            endpoint=kwargs.get("endpoint"),
+        )
 
 
 @dataclass

@@ -24,8 +24,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from safetensors import safe_open
 
-from .configuration_vae import VAEConfig
-from .modeling_vae import VAEModel
+from .families import config_class, model_class, model_type_of, remote_code_files
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +45,8 @@ PICTURES = (
     ("training_curves.png", "Training curves"),
 )
 FILE_DESCRIPTIONS = {
-    "config.json": "the architecture and hyper-parameters (`VAEConfig`)",
+    "config.json": "the architecture and hyper-parameters",
     "model.safetensors": "the weights",
-    "configuration_vae.py": "the config class, for `trust_remote_code=True`",
-    "modeling_vae.py": "the model class, for `trust_remote_code=True`",
     "metrics.csv": "one row per training epoch: losses, learning rate, epoch time",
     "training_args.json": "the arguments of the training run",
     "train_results.json": "a summary of the training run",
@@ -350,12 +347,15 @@ def build_model_card(
             "`hf-vae train --output_dir DIR` or `model.save_pretrained(DIR)`."
         )
     try:
-        config = VAEConfig.from_pretrained(model_dir)
+        model_type = model_type_of(model_dir) or "hf_vae"
+        config = config_class(model_type).from_pretrained(model_dir)
+        model_cls = model_class(model_type)
     except (OSError, ValueError, TypeError) as error:
         raise ValueError(f"{model_dir / 'config.json'} is not a valid hf-vae config: {error}") from error
     raw_config = _read_json(model_dir / "config.json") or {}
     with torch.device("meta"):
-        num_parameters = sum(parameter.numel() for parameter in VAEModel(config).parameters())
+        num_parameters = sum(parameter.numel() for parameter in model_cls(config).parameters())
+    code_files = remote_code_files(model_type)  # what save_pretrained writes and a push uploads
 
     training_args = _read_json(model_dir / "training_args.json")
     evaluation = _read_json(model_dir / "evaluation.json")
@@ -397,6 +397,8 @@ def build_model_card(
         card_data,
         template_path=str(TEMPLATE_PATH),
         model_name=model_name,
+        model_class=model_cls.__name__,
+        code_files=", ".join(f"`{name}`" for name in code_files),
         repo_id=repo_id,
         conditional=conditional,
         num_classes=config.num_classes,
@@ -420,7 +422,8 @@ def build_model_card(
         conversion=conversion,
         license=license,
         pictures=[(file, caption) for file, caption in PICTURES if file in present],
-        files=[(file, description) for file, description in FILE_DESCRIPTIONS.items() if file in present],
+        files=[(file, description) for file, description in FILE_DESCRIPTIONS.items() if file in present]
+        + [(file, "model code, for `trust_remote_code=True`") for file in code_files],
     )
     # Optional sections leave runs of blank lines behind; Markdown does not need more than one.
     return ModelCard(re.sub(r"\n{3,}", "\n\n", str(card)).rstrip() + "\n")

@@ -1,24 +1,22 @@
-"""`hf-vae train`: train a VAE with an Accelerate loop, on one CPU, one GPU or many processes.
+"""`hf-vae train`: train a model of any hf-vae family with an Accelerate loop, on one CPU, one GPU or many processes.
 
-Laid out like accelerate's `examples/complete_nlp_example.py`: arguments -> Accelerator -> data -> model,
-optimiser, scheduler -> `accelerator.prepare` -> (resume) -> epochs of steps with evaluation and checkpoints ->
-final evaluation and files. Run it as `hf-vae train ...`, `python scripts/train.py ...` or under
-`accelerate launch scripts/train.py ...`.
+Read it top to bottom, as accelerate's `examples/complete_nlp_example.py`: set-up -> data and model -> optimiser
+and schedule -> `accelerator.prepare` -> resume -> epochs of (train steps, validation, metrics, checkpoint) ->
+finish (test figures, pictures, card, push). Run it as `hf-vae train ...`, `python scripts/train.py ...` or under
+`accelerate launch scripts/train.py ...`. The loop knows models only through the family contract
+(`modeling_utils`): `forward` gives `loss` and `loss_terms`, which become the metrics.csv columns.
 
-The loop is built for speed on small models, where per-step overheads rival the matrix products: batches are
-sliced from uint8 tensors decoded once (see `hf_vae.data`), Adam is the fused implementation, and the losses stay
-on the device until they are read every `--logging_steps` steps (which is also when they are checked for NaN).
+It is built for speed on small models, where per-step overheads rival the matrix products: batches are sliced from
+uint8 tensors decoded once (`hf_vae.data`), Adam is fused, and losses stay on the device until they are read every
+`--logging_steps` steps (which is also when they are checked for NaN).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import os
 import shutil
-import signal
 import sys
 import time
 from dataclasses import asdict
@@ -30,20 +28,34 @@ import torch
 import transformers
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, broadcast, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .checkpointing import (
+    CHECKPOINTS_DIR,
+    CheckpointError,
+    LoopState,
+    load_checkpoint,
+    remove_stale_staging,
+    resolve_checkpoint,
+    save_checkpoint,
+    save_model_atomically,
+)
 from .data import (
     DataError,
-    ImageDataSplits,
     ImageTensorDataset,
     ImageTensors,
+    binarization_seed,
     binarize_statically,
     collate_batch,
+    evaluation_images,
+    tensor_batches,
     to_pixel_values,
 )
-from .modeling_vae import VAEModel
+from .evaluation import per_image_figures
+from .families import load_pretrained
+from .optimization import METRIC_SCHEDULERS, create_optimizer, create_scheduler, kl_weight_at
 from .training_args import (
     DataArguments,
     ModelArguments,
@@ -52,46 +64,33 @@ from .training_args import (
     resolve_defaults,
     save_arguments,
 )
-from .training_utils import (
-    CHECKPOINTS_DIR,
-    METRIC_SCHEDULERS,
-    PLAIN_OPTIMIZER_BACKENDS,
-    STATE_FILE,
-    LoopState,
+from .training_metrics import (
     RunningLosses,
     TrainingDivergedError,
-    TrainingSetupError,
-    binarization_seed,
-    build_model,
-    check_data,
     check_finite_weights,
-    check_output_dir,
-    check_world_size,
-    create_optimizer,
-    create_scheduler,
-    evaluate,
-    evaluation_images,
-    kl_weight_at,
-    load_data,
+    metrics_columns,
     parameters_checksum,
-    resolve_checkpoint,
-    save_checkpoint,
-    save_figures,
-    save_model_atomically,
-    sync_buffers,
-    tensor_batches,
-    tracker_config,
-    with_image_shape_of,
     write_json,
     write_metrics,
+)
+from .training_setup import (
+    TrainingSetupError,
+    build_model,
+    check_data,
+    check_output_dir,
+    check_world_size,
+    load_data,
+    tracker_config,
+    with_image_shape_of,
 )
 
 logger = get_logger(__name__)
 
 # The test split is binarised (for binarised models) and z drawn with this seed, as `hf-vae evaluate` does.
 EVALUATION_SEED = 0
-# Test hook: SIGKILL this process right after the given optimiser step (and its checkpoint, if any).
-KILL_AFTER_STEP_ENV = "HF_VAE_TEST_KILL_AFTER_STEP"
+# Without a gradient scaler, accelerate's optimizer wrapper only adds per-step overhead (a package lookup and a
+# signature inspection, ~80 us here) on top of the torch optimizer, whose step it calls when gradients are synced.
+PLAIN_OPTIMIZER_BACKENDS = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
 
 
 def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict[str, Any]:
@@ -99,6 +98,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     run_started = time.perf_counter()
     args = resolve_defaults(model_args, args)
     output_dir = Path(args.output_dir)
+
+    # 1. Set-up: one Accelerator for the launch (processes, device, precision, trackers); refuse a launch whose
+    # processes do not see each other, or an output folder that holds another run.
     trackers = [name for name in args.report_to_list if name != "none"]
     accelerator = Accelerator(
         cpu=args.use_cpu,
@@ -108,6 +110,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    is_main = accelerator.is_main_process
     print(f"hf-vae rank {accelerator.process_index} of {accelerator.num_processes}", file=sys.stderr, flush=True)
     check_world_size(accelerator)
     check_output_dir(args, output_dir)
@@ -115,21 +118,11 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     if args.resume_from_checkpoint == "latest" and resume_from is None:
         logger.warning(f"No complete checkpoint in {output_dir / CHECKPOINTS_DIR}: starting from scratch.")
     accelerator.wait_for_everyone()
-    # accelerate logs every checkpoint file at INFO and transformers draws a bar per save and load: keep the console
-    # to the epoch lines.
-    logging.getLogger("accelerate").setLevel(logging.WARNING)
-    transformers.utils.logging.disable_progress_bar()
-    datasets.utils.logging.disable_progress_bar()
-    if accelerator.is_main_process:
-        datasets.utils.logging.set_verbosity_warning()
-        transformers.utils.logging.set_verbosity_warning()
-    else:
-        datasets.utils.logging.set_verbosity_error()
-        transformers.utils.logging.set_verbosity_error()
+    _quiet_libraries(is_main)
     set_seed(args.seed)
 
-    # Data, then the model: a new one takes the data's image shape unless given. The binarisation used is recorded in
-    # the config, so evaluation binarises the same way.
+    # 2. Data, then the model: a new one takes the data's image shape unless given. Binarised models train on a
+    # fresh Bernoulli draw per batch (dynamic) or one fixed draw (static), and validate on one fixed draw.
     splits = load_data(data_args, model_args, args.seed, accelerator)
     model_args = with_image_shape_of(model_args, splits.train)
     model = build_model(model_args)
@@ -141,16 +134,15 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     validation = evaluation_images(splits.validation, config.binarize, args.seed)
     dynamic = config.binarize == "dynamic"
     conditional = config.num_classes is not None
-    if accelerator.is_main_process:
+    if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         if args.overwrite_output_dir and args.resume_from_checkpoint is None:
             shutil.rmtree(output_dir / CHECKPOINTS_DIR, ignore_errors=True)
-        for stale in (output_dir / CHECKPOINTS_DIR).glob(".staging-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+        remove_stale_staging(output_dir)
         save_arguments((model_args, data_args, args), output_dir / "training_args.json")
 
-    # The loaders have their own generators: iterating them must not consume the global RNG that dropout and the
-    # posterior samples draw from, or a resumed run would drift from an uninterrupted one.
+    # 3. Loaders with their own generators (iterating them must not consume the global RNG that dropout and the
+    # posterior draws use, or a resumed run would drift from an uninterrupted one), the optimiser and the schedule.
     train_loader = DataLoader(
         ImageTensorDataset(train_data),
         batch_size=args.per_device_train_batch_size,
@@ -164,36 +156,39 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         collate_fn=collate_batch,
         generator=torch.Generator().manual_seed(args.seed),
     )
-    optimizer = create_optimizer(model, args, accelerator.device)
+    optimizer = create_optimizer(
+        model,
+        args.learning_rate,
+        args.weight_decay,
+        (args.adam_beta1, args.adam_beta2),
+        args.adam_epsilon,
+        accelerator.device,
+    )
+
+    # 4. Prepare for the launch (DDP wrapping, device placement, sharded loaders).
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
-    unwrapped: VAEModel = accelerator.unwrap_model(model)
+    unwrapped = accelerator.unwrap_model(model)
     batches_per_epoch = len(train_loader)
     steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
     max_steps = args.max_steps if args.max_steps > 0 else args.num_train_epochs * steps_per_epoch
     num_epochs = math.ceil(max_steps / steps_per_epoch)
     metric_scheduler = args.lr_scheduler_type in METRIC_SCHEDULERS
-    # Without a gradient scaler, accelerate's optimizer wrapper only adds per-step overhead (a package lookup and a
-    # signature inspection, ~80 us here) on top of the torch optimizer, whose step it calls when gradients are synced.
     plain = accelerator.scaler is None and accelerator.distributed_type in PLAIN_OPTIMIZER_BACKENDS
     step_optimizer = optimizer.optimizer if plain else optimizer
-    scheduler = create_scheduler(optimizer.optimizer, args, max_steps)
+    scheduler = create_scheduler(optimizer.optimizer, args.lr_scheduler_type, args.warmup_steps, max_steps)
     accelerator.register_for_checkpointing(scheduler)
 
+    # 5. Resume: weights, optimiser, schedule and RNG states from the checkpoint, and where the loop was.
     state = LoopState(kl_weight=kl_weight_at(0, args.kl_warmup_steps))
-    last_checkpoint = resume_from
     if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        state = LoopState(**json.loads((resume_from / STATE_FILE).read_text()))
+        state = load_checkpoint(accelerator, resume_from)
         logger.info(f"Resumed from {resume_from}: epoch {state.epoch + 1}, step {state.global_step}.")
+    last_checkpoint = resume_from
     if trackers:
         accelerator.init_trackers("hf-vae", config=tracker_config(asdict(args), config))
-    checkpoint_every = args.checkpoint_every_steps
-    kill_after_step = int(os.environ.get(KILL_AFTER_STEP_ENV, "0") or 0)
     binarize_generator = torch.Generator(device=accelerator.device) if dynamic else None
     accumulate = args.gradient_accumulation_steps > 1
     losses = RunningLosses(accelerator, state.epoch_sums)
-    figure_data = splits.test if splits.test is not None else splits.validation
-    is_main = accelerator.is_main_process
     progress = tqdm(
         total=max_steps,
         initial=state.global_step,
@@ -209,14 +204,12 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         main_process_only=True,
     )
 
-    side_seconds = 0.0  # validation, checkpoints and figures, to report the speed of the training steps alone
-
     def validate() -> tuple[dict[str, float], int]:
-        """Validation loss over every validation image once; saves the model when it is the best so far."""
-        nonlocal side_seconds
-        started = time.perf_counter()
-        sync_buffers(unwrapped, accelerator)
-        metrics, count = evaluate(unwrapped, eval_loader, args.seed, gather=accelerator.gather_for_metrics)
+        """Mean validation figures over every validation image once; saves the model when it is the best so far."""
+        _sync_buffers(unwrapped, accelerator)
+        figures = per_image_figures(unwrapped, eval_loader, args.seed, gather=accelerator.gather_for_metrics)
+        metrics = {name: float(values.mean()) for name, values in figures.items()}
+        count = len(figures["loss"])
         if not math.isfinite(metrics["loss"]):
             raise TrainingDivergedError(
                 f"The validation loss is {metrics['loss']} at global step {state.global_step} (epoch "
@@ -224,28 +217,28 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
             )
         if state.best_val_loss is None or metrics["loss"] < state.best_val_loss:
             state.best_val_loss, state.best_epoch, state.best_step = metrics["loss"], state.epoch + 1, state.global_step
-            check_finite_weights(unwrapped, state)
+            check_finite_weights(unwrapped, state.global_step, state.epoch)
             if is_main:
                 save_model_atomically(unwrapped, output_dir)
         accelerator.log({f"eval/{name}": value for name, value in metrics.items()}, step=state.global_step)
-        side_seconds += time.perf_counter() - started
         return metrics, count
 
-    def checkpoint() -> None:
-        nonlocal last_checkpoint, side_seconds
-        started = time.perf_counter()
+    def checkpoint(epoch_started: float) -> Path:
         losses.flush(state.epoch, last_checkpoint)
-        check_finite_weights(unwrapped, state)
+        check_finite_weights(unwrapped, state.global_step, state.epoch)
         state.epoch_sums = losses.epoch_totals()
         state.epoch_time = time.perf_counter() - epoch_started if state.step_in_epoch else 0.0
-        last_checkpoint = save_checkpoint(accelerator, state, output_dir, args.save_total_limit)
-        side_seconds += time.perf_counter() - started
+        return save_checkpoint(accelerator, state, output_dir, args.save_total_limit)
 
+    # 6. Epochs of training steps. Validation, checkpoints and pictures are timed apart, so that the reported speed
+    # is that of the training steps alone.
     train_started = time.perf_counter()
+    side_seconds = 0.0
     first_step = state.global_step
     images_trained = 0
     validation_images = 0
     stop_reason = "max_steps" if args.max_steps > 0 else "num_train_epochs"
+    checkpoint_every = args.checkpoint_every_steps
     for epoch in range(state.epoch, num_epochs):
         state.epoch = epoch
         epoch_started = time.perf_counter() - state.epoch_time
@@ -253,11 +246,12 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         model.train()
         train_loader.set_epoch(epoch)
         batches = train_loader
-        if state.step_in_epoch:
+        if state.step_in_epoch:  # resumed mid-epoch: skip the batches already trained on
             batches = accelerator.skip_first_batches(train_loader, state.step_in_epoch)
         checkpoint_at_epoch_end = checkpoint_every is None and args.checkpointing_steps == "epoch"
         learning_rate = step_optimizer.param_groups[0]["lr"]
         for batch in batches:
+            # A batch: uint8 images to pixels in [0, 1], binarised afresh (dynamic) from a seed of its position.
             images = batch["pixel_values"]
             if dynamic:
                 binarize_generator.manual_seed(
@@ -265,6 +259,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
                 )
             pixel_values = to_pixel_values(images, "dynamic" if dynamic else "none", binarize_generator)
             labels = batch["labels"] if conditional else None
+            # Forward, backward, and (once the gradients of `gradient_accumulation_steps` batches are summed) the
+            # clipped optimiser step and the per-step schedule.
             with accelerator.accumulate(model) if accumulate else contextlib.nullcontext():
                 outputs = model(pixel_values, labels=labels, kl_weight=state.kl_weight)
                 accelerator.backward(outputs.loss)
@@ -286,84 +282,68 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
             state.kl_weight = kl_weight_at(state.global_step, args.kl_warmup_steps)
             progress.update(1)
             last_batch = state.step_in_epoch == batches_per_epoch
+            # Every few steps: read the losses back (and check them), log them; evaluate and checkpoint when asked.
             if state.global_step % args.logging_steps == 0:
                 latest = losses.flush(epoch, last_checkpoint)
                 if latest is not None:
-                    values = dict(zip(("loss", "recon_loss", "kl_loss"), latest.tolist(), strict=True))
-                    progress.set_postfix(loss=f"{values['loss']:.2f}", refresh=False)
-                    values.update(learning_rate=optimizer.param_groups[0]["lr"], kl_weight=state.kl_weight)
-                    accelerator.log({f"train/{name}": value for name, value in values.items()}, step=state.global_step)
+                    progress.set_postfix(loss=f"{latest['loss']:.2f}", refresh=False)
+                    latest.update(learning_rate=optimizer.param_groups[0]["lr"], kl_weight=state.kl_weight)
+                    accelerator.log({f"train/{name}": value for name, value in latest.items()}, step=state.global_step)
             if args.eval_steps and state.global_step % args.eval_steps == 0 and not last_batch:
+                started = time.perf_counter()
                 losses.flush(epoch, last_checkpoint)
                 validate()
                 model.train()
+                side_seconds += time.perf_counter() - started
             if checkpoint_every and state.global_step % checkpoint_every == 0:
                 if last_batch:
-                    checkpoint_at_epoch_end = True  # saved after the epoch's evaluation, as a clean epoch boundary
+                    checkpoint_at_epoch_end = True  # saved after the epoch's validation, as a clean epoch boundary
                 else:
-                    checkpoint()
-            if kill_after_step and state.global_step == kill_after_step:
-                os.kill(os.getpid(), signal.SIGKILL)
+                    started = time.perf_counter()
+                    last_checkpoint = checkpoint(epoch_started)
+                    side_seconds += time.perf_counter() - started
             if state.global_step >= max_steps:
                 break
 
-        # End of epoch: train figures over all processes, validation, schedules, best model, metrics, checkpoint.
+        # End of epoch: the epoch's training means over all processes, validation (saving the best model), the
+        # per-epoch schedule, the metrics row, pictures when asked, the checkpoint, early stopping.
+        started = time.perf_counter()
         losses.flush(epoch, last_checkpoint)
-        totals = losses.epoch_totals()
-        train_metrics = [total / max(totals[3], 1.0) for total in totals[:3]]
+        train_metrics = losses.epoch_means()
         val_metrics, validation_images = validate()
         if metric_scheduler:
             scheduler.step(val_metrics["loss"])
-        state.epochs_without_improvement = (
-            0 if state.best_val_loss != best_before else state.epochs_without_improvement + 1
-        )
+        improved = state.best_val_loss != best_before
+        state.epochs_without_improvement = 0 if improved else state.epochs_without_improvement + 1
         epoch_time = time.perf_counter() - epoch_started
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": train_metrics[0],
-            "train_recon_loss": train_metrics[1],
-            "train_kl_loss": train_metrics[2],
-            "val_loss": val_metrics["loss"],
-            "val_recon_loss": val_metrics["recon_loss"],
-            "val_kl_loss": val_metrics["kl_loss"],
-            "learning_rate": learning_rate,
-            "epoch_time": round(epoch_time, 3),
-        }
+        row = {"epoch": epoch + 1}
+        row.update({f"train_{name}": value for name, value in train_metrics.items()})
+        row.update({f"val_{name}": val_metrics[name] for name in train_metrics})
+        row.update(learning_rate=learning_rate, epoch_time=round(epoch_time, 3))
         state.history.append(row)
         if is_main:
             write_metrics(output_dir / "metrics.csv", state.history)
+            terms = " | ".join(f"{name}: {value:.4f}" for name, value in list(train_metrics.items())[1:])
             tqdm.write(
-                f"Epoch {epoch + 1:3d} | Total Loss: {train_metrics[0]:.4f} | Recon: {train_metrics[1]:.4f} | "
-                f"KL: {train_metrics[2]:.4f} | Val Loss: {val_metrics['loss']:.4f} | LR: {learning_rate:.2e} | "
-                f"Time: {epoch_time:.2f}s"
+                f"Epoch {epoch + 1:3d} | Total Loss: {train_metrics['loss']:.4f} | {terms} | "
+                f"Val Loss: {val_metrics['loss']:.4f} | LR: {learning_rate:.2e} | Time: {epoch_time:.2f}s"
             )
         accelerator.log(
-            {"epoch": epoch + 1, "train/epoch_loss": train_metrics[0], "epoch_time": epoch_time}, step=state.global_step
+            {"epoch": epoch + 1, "train/epoch_loss": train_metrics["loss"], "epoch_time": epoch_time},
+            step=state.global_step,
         )
-        if (
-            is_main
-            and args.plot_every_n_epochs
-            and (epoch + 1) % args.plot_every_n_epochs == 0
-            and not args.skip_figures
-        ):
-            figures_started = time.perf_counter()
-            save_figures(
-                unwrapped,
-                figure_data,
-                output_dir / "figures" / f"epoch-{epoch + 1}",
-                output_dir / "metrics.csv",
-                args.seed,
-            )
-            side_seconds += time.perf_counter() - figures_started
+        plot_now = args.plot_every_n_epochs and (epoch + 1) % args.plot_every_n_epochs == 0
+        if is_main and plot_now and not args.skip_figures:
+            _save_pictures(unwrapped, splits, output_dir / "figures" / f"epoch-{epoch + 1}", output_dir, args.seed)
         losses.reset()
-        state.epoch, state.step_in_epoch, state.epoch_time = epoch + 1, 0, 0.0
-        state.epoch_sums = [0.0, 0.0, 0.0, 0.0]
+        state.epoch, state.step_in_epoch, state.epoch_time, state.epoch_sums = epoch + 1, 0, 0.0, []
         early_stop = (
             args.early_stopping_patience is not None
             and state.epochs_without_improvement >= args.early_stopping_patience
         )
         if checkpoint_at_epoch_end or (early_stop and args.checkpointing_steps is not None):
-            checkpoint()
+            last_checkpoint = checkpoint(epoch_started)
+        side_seconds += time.perf_counter() - started
         if early_stop:
             stop_reason = "early_stopping"
             logger.info(
@@ -375,40 +355,34 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
             break
     progress.close()
     train_runtime = time.perf_counter() - train_started
-    training_seconds = train_runtime - side_seconds
+    training_seconds = max(train_runtime - side_seconds, 1e-9)
 
-    # Every process must end with the same weights: compare a float64 checksum of the parameters across processes.
-    sync_buffers(unwrapped, accelerator)
+    # 7. Finish: every process must end with the same weights (a float64 checksum compared across processes); the
+    # main process evaluates the best model on the test split, writes results, pictures and card, and pushes.
+    _sync_buffers(unwrapped, accelerator)
     checksums = accelerator.gather(parameters_checksum(unwrapped).view(1, -1))
     weights_identical = bool((checksums == checksums[0]).all())
     images_total = int(accelerator.reduce(torch.tensor(images_trained, device=accelerator.device), "sum"))
     results: dict[str, Any] = {}
     if is_main:
-        results = _finish(
-            args,
-            output_dir,
-            splits,
-            accelerator,
-            state,
-            {
-                "stop_reason": stop_reason,
-                "num_processes": accelerator.num_processes,
-                "device": str(accelerator.device),
-                "mixed_precision": accelerator.mixed_precision,
-                "resumed_from_checkpoint": str(resume_from) if resume_from else None,
-                "train_images": len(train_data),
-                "train_samples_seen": images_total,
-                "train_runtime": round(train_runtime, 3),
-                "training_steps_seconds": round(training_seconds, 3),
-                "train_samples_per_second": round(images_total / training_seconds, 1),
-                "train_steps_per_second": round((state.global_step - first_step) / training_seconds, 2),
-                "validation_images": validation_images,
-                "validation_images_expected": len(validation),
-                "weights_identical_across_processes": weights_identical,
-                "parameters_checksum": checksums[0].tolist(),
-            },
-            run_started,
-        )
+        results = {
+            "stop_reason": stop_reason,
+            "num_processes": accelerator.num_processes,
+            "device": str(accelerator.device),
+            "mixed_precision": accelerator.mixed_precision,
+            "resumed_from_checkpoint": str(resume_from) if resume_from else None,
+            "train_images": len(train_data),
+            "train_samples_seen": images_total,
+            "train_runtime": round(train_runtime, 3),
+            "training_steps_seconds": round(training_seconds, 3),
+            "train_samples_per_second": round(images_total / training_seconds, 1),
+            "train_steps_per_second": round((state.global_step - first_step) / training_seconds, 2),
+            "validation_images": validation_images,
+            "validation_images_expected": len(validation),
+            "weights_identical_across_processes": weights_identical,
+            "parameters_checksum": checksums[0].tolist(),
+        }
+        results = _finish(args, output_dir, splits, accelerator.device, state, results, run_started)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     if not weights_identical:
@@ -422,35 +396,36 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
 def _finish(
     args: TrainingArguments,
     output_dir: Path,
-    splits: ImageDataSplits,
-    accelerator: Accelerator,
+    splits,
+    device: torch.device,
     state: LoopState,
     results: dict[str, Any],
     run_started: float,
 ) -> dict[str, Any]:
-    """Main process only: evaluate the best model on the test split, write results and figures, push."""
-    best = VAEModel.from_pretrained(output_dir).to(accelerator.device)
+    """Main process only: evaluate the best model on the test split, write results, pictures and the card, push."""
+    best = load_pretrained(output_dir).to(device)
     if splits.test is not None:
         test = evaluation_images(splits.test, best.config.binarize, EVALUATION_SEED)
-        metrics, count = evaluate(best, tensor_batches(test, args.per_device_eval_batch_size), EVALUATION_SEED)
-        eval_results = {
-            "test_loss": metrics["loss"],
-            "test_recon_loss": metrics["recon_loss"],
-            "test_kl_loss": metrics["kl_loss"],
-            "test_images": count,
-            "binarize": best.config.binarize,
-            "binarize_seed": None if best.config.binarize == "none" else EVALUATION_SEED,
-            "posterior": f"z sampled (generator seed {EVALUATION_SEED}), eval mode",
-            "best_epoch": state.best_epoch,
-        }
+        figures = per_image_figures(best, tensor_batches(test, args.per_device_eval_batch_size), EVALUATION_SEED)
+        means = {name: float(values.mean()) for name, values in figures.items()}
+        eval_results = {f"test_{name}": value for name, value in means.items()}
+        eval_results.update(
+            {
+                "test_images": len(figures["loss"]),
+                "binarize": best.config.binarize,
+                "binarize_seed": None if best.config.binarize == "none" else EVALUATION_SEED,
+                "posterior": f"z sampled (generator seed {EVALUATION_SEED}), eval mode",
+                "best_epoch": state.best_epoch,
+            }
+        )
         write_json(output_dir / "eval_results.json", eval_results)
+        terms = " | ".join(f"{name} {value:.4f}" for name, value in list(means.items())[1:])
         tqdm.write(
-            f"Test ({count} images, best model of epoch {state.best_epoch}): loss {metrics['loss']:.4f} | "
-            f"recon {metrics['recon_loss']:.4f} | KL {metrics['kl_loss']:.4f} nats per image"
+            f"Test ({len(figures['loss'])} images, best model of epoch {state.best_epoch}): loss {means['loss']:.4f} | "
+            f"{terms} nats per image"
         )
     if not args.skip_figures:
-        figure_data = splits.test if splits.test is not None else splits.validation
-        save_figures(best, figure_data, output_dir, output_dir / "metrics.csv", args.seed)
+        _save_pictures(best, splits, output_dir, output_dir, args.seed)
     last = state.history[-1] if state.history else {}
     results.update(
         {
@@ -465,12 +440,42 @@ def _finish(
         }
     )
     write_json(output_dir / "train_results.json", results)
+    from .model_card import write_model_card
+
+    write_model_card(output_dir)
     if args.push_to_hub:
         from .hub import push_to_hub
 
         push_to_hub(output_dir, args.hub_model_id, private=bool(args.hub_private_repo), revision=args.hub_revision)
         logger.info(f"Pushed {output_dir} to the Hub as {args.hub_model_id}.")
     return results
+
+
+def _save_pictures(model: torch.nn.Module, splits, pictures_dir: Path, output_dir: Path, seed: int) -> None:
+    """The pictures of the test split (else validation), with the run's training curves."""
+    from .visualization import save_figures
+
+    data = splits.test if splits.test is not None else splits.validation
+    save_figures(model, data, pictures_dir, metrics_csv=output_dir / "metrics.csv", seed=seed)
+
+
+def _sync_buffers(model: torch.nn.Module, accelerator: Accelerator) -> None:
+    """Give every process the main process's BatchNorm statistics (DDP broadcasts them only at each forward), so
+    that all evaluate, and end with, the model the main process saves."""
+    if accelerator.num_processes > 1:
+        for buffer in model.buffers():
+            broadcast(buffer, from_process=0)
+
+
+def _quiet_libraries(is_main: bool) -> None:
+    """accelerate logs every checkpoint file at INFO and transformers draws a bar per save and load: keep the
+    console to the epoch lines (and other processes to errors)."""
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    transformers.utils.logging.disable_progress_bar()
+    datasets.utils.logging.disable_progress_bar()
+    level = logging.WARNING if is_main else logging.ERROR
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -487,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         train(*arguments)
-    except (DataError, TrainingSetupError, TrainingDivergedError) as error:
+    except (DataError, TrainingSetupError, CheckpointError, TrainingDivergedError) as error:
         print(f"hf-vae train: error: {error}", file=sys.stderr)
         return 1
     except HubPushError as error:
@@ -499,6 +504,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     return 0
+
+
+__all__ = ["EVALUATION_SEED", "main", "metrics_columns", "train"]
 
 
 if __name__ == "__main__":

@@ -9,14 +9,11 @@ as the model sees them: binarised (one seeded Bernoulli draw) for models trained
 from __future__ import annotations
 
 import csv
-import functools
 import logging
 import math
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -27,9 +24,9 @@ from matplotlib.ticker import MaxNLocator
 from torchvision.utils import make_grid
 from transformers import HfArgumentParser
 
-from .data import DataError, ImageTensors
-from .evaluation import EvaluationError, evaluating, evaluation_pixel_values, load_model, load_split
-from .modeling_vae import VAEModel
+from .data import DataError, ImageTensors, evaluation_images, to_pixel_values
+from .evaluation import EvaluationError, load_model, load_split
+from .modeling_utils import HfVaePreTrainedModel, in_eval_mode
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +40,13 @@ FIGURE_SIZES: dict[str, tuple[float, float]] = {
     "interpolation": (10.0, 5.8),
     "training_curves": (11.0, 8.0),
 }
-METRIC_PANELS = (
-    ("Loss: reconstruction + β·KL", "loss"),
-    ("Reconstruction: -E_q[log p(x|z)]", "recon_loss"),
-    ("KL(q(z|x) ‖ p(z))", "kl_loss"),
-)
+# Titles of the training-curve panels of known loss terms; any other term of a family's `loss_terms` gets a panel
+# titled with its name.
+METRIC_TITLES = {
+    "loss": "Loss (the training objective)",
+    "recon_loss": "Reconstruction: -E_q[log p(x|z)]",
+    "kl_loss": "KL(q(z|x) ‖ p(z))",
+}
 _GRID_PADDING = 2
 _MAX_SAMPLE_ROWS = 20
 
@@ -83,30 +82,21 @@ def _show_grid(axes, grid: np.ndarray, title: str) -> None:
         spine.set_visible(False)
 
 
-def _drawing(function: Callable[..., Figure]) -> Callable[..., Figure]:
-    """Draw a model's figure in eval mode without autograd, whatever mode the model is in (see `evaluating`)."""
-
-    @functools.wraps(function)
-    def wrapper(model: VAEModel, *args: Any, **kwargs: Any) -> Figure:
-        with evaluating(model):
-            return function(model, *args, **kwargs)
-
-    return wrapper
-
-
 def _encode_means(
-    model: VAEModel, pixel_values: torch.Tensor, labels: torch.Tensor | None, batch_size: int = 1000
+    model: HfVaePreTrainedModel, pixel_values: torch.Tensor, labels: torch.Tensor | None, batch_size: int = 1000
 ) -> torch.Tensor:
+    """The posterior's mode for each image (its mean, for a Gaussian posterior)."""
     means = []
     for start in range(0, len(pixel_values), batch_size):
         batch_labels = None if labels is None else labels[start : start + batch_size]
-        means.append(model.encode(pixel_values[start : start + batch_size].to(model.device), batch_labels).mean.cpu())
+        posterior = model.encode(pixel_values[start : start + batch_size].to(model.device), batch_labels).latent_dist
+        means.append(posterior.mode().cpu())
     return torch.cat(means)
 
 
 # ---------------------------------------------------------------------------------------------- figures
-@_drawing
-def plot_samples(model: VAEModel, seed: int = 0, per_row: int = 10) -> Figure:
+@in_eval_mode
+def plot_samples(model: HfVaePreTrainedModel, seed: int = 0, per_row: int = 10) -> Figure:
     """Images decoded from z ~ N(0, I): a per_row x per_row grid, or one row per class for conditional models."""
     generator = torch.Generator().manual_seed(seed)
     figure = _figure("samples")
@@ -125,9 +115,9 @@ def plot_samples(model: VAEModel, seed: int = 0, per_row: int = 10) -> Figure:
     return figure
 
 
-@_drawing
+@in_eval_mode
 def plot_reconstructions(
-    model: VAEModel,
+    model: HfVaePreTrainedModel,
     pixel_values: torch.Tensor,
     labels: torch.Tensor | None = None,
     per_row: int = 10,
@@ -159,9 +149,9 @@ def _pca(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return centred @ right[:2].T, explained[:2]
 
 
-@_drawing
+@in_eval_mode
 def plot_latent_space(
-    model: VAEModel,
+    model: HfVaePreTrainedModel,
     pixel_values: torch.Tensor,
     labels: torch.Tensor | None = None,
     seed: int = 0,
@@ -214,8 +204,8 @@ def plot_latent_space(
     return figure
 
 
-@_drawing
-def plot_latent_manifold(model: VAEModel, steps: int = 20, label: int | None = None) -> Figure:
+@in_eval_mode
+def plot_latent_manifold(model: HfVaePreTrainedModel, steps: int = 20, label: int | None = None) -> Figure:
     """The decoder over a 2-D latent grid, as in Kingma & Welling (2013): an evenly spaced grid in (0, 1)^2
     mapped through the Gaussian inverse CDF, so that each cell covers equal prior mass. z₂ grows upwards."""
     if model.config.latent_dim != 2:
@@ -266,9 +256,9 @@ def _interpolation_pairs(
     return chosen
 
 
-@_drawing
+@in_eval_mode
 def plot_interpolation(
-    model: VAEModel,
+    model: HfVaePreTrainedModel,
     pixel_values: torch.Tensor,
     labels: torch.Tensor | None = None,
     seed: int = 0,
@@ -328,16 +318,24 @@ def plot_training_curves(metrics: dict[str, list[float]]) -> Figure:
     epochs = metrics["epoch"]
     marker = "o" if len(epochs) <= 30 else None
     figure = _figure("training_curves")
-    grid = figure.subplots(2, 2, sharex=True)
-    for axes, (title, suffix) in zip(grid.flat[:3], METRIC_PANELS, strict=True):
+    terms = ["loss"] + [
+        column[len("train_") :]
+        for column in metrics
+        if column.startswith("train_") and column != "train_loss"
+    ]
+    columns = 2 if len(terms) + 1 <= 4 else 3
+    grid = figure.subplots(math.ceil((len(terms) + 1) / columns), columns, sharex=True, squeeze=False)
+    for axes, term in zip(grid.flat, terms, strict=False):
         for split, name in (("train", "train"), ("val", "validation")):
-            values = metrics.get(f"{split}_{suffix}")
+            values = metrics.get(f"{split}_{term}")
             if values is not None and not all(math.isnan(value) for value in values):
                 axes.plot(epochs, values, marker=marker, markersize=3, label=name)
-        axes.set_title(title)
+        axes.set_title(METRIC_TITLES.get(term, term))
         axes.set_ylabel("nats per image")
         axes.legend()
-    rate_axes = grid.flat[3]
+    for axes in grid.flat[len(terms) + 1 :]:
+        axes.set_visible(False)
+    rate_axes = grid.flat[len(terms)]
     if "learning_rate" in metrics:
         rates = metrics["learning_rate"]
         rate_axes.plot(epochs, rates, marker=marker, markersize=3, color="tab:green")
@@ -349,7 +347,7 @@ def plot_training_curves(metrics: dict[str, list[float]]) -> Figure:
     for axes in grid.flat:
         axes.grid(True, alpha=0.3)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    for axes in grid[1]:
+    for axes in grid[-1]:
         axes.set_xlabel("epoch")
     figure.suptitle("Training curves")
     return figure
@@ -357,7 +355,7 @@ def plot_training_curves(metrics: dict[str, list[float]]) -> Figure:
 
 # ---------------------------------------------------------------------------------------------- all at once
 def save_figures(
-    model: VAEModel,
+    model: HfVaePreTrainedModel,
     data: ImageTensors,
     output_dir: str | Path,
     metrics_csv: str | Path | None = None,
@@ -367,7 +365,16 @@ def save_figures(
     interpolation.png and training_curves.png (when `metrics_csv` exists) into `output_dir`; return name -> path.
 
     `data` holds uint8 images (a test or validation split); they are shown binarised with `seed` when the model
-    was trained on binarised data. The model draws in eval mode and is handed back in the mode it came in."""
+    was trained on binarised data. The model draws in eval mode and is handed back in the mode it came in, and the
+    global RNG streams are left as they were, so a training run with pictures trains exactly as one without."""
+    devices = [model.device.index or 0] if model.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        return _save_figures(model, data, Path(output_dir), metrics_csv, seed)
+
+
+def _save_figures(
+    model: HfVaePreTrainedModel, data: ImageTensors, output_dir: Path, metrics_csv: str | Path | None, seed: int
+) -> dict[str, Path]:
     if len(data) < 2:
         raise DataError(f"Pictures need at least 2 images, got {len(data)}.")
     if model.config.num_classes is not None and data.labels is None:
@@ -375,9 +382,8 @@ def save_figures(
             f"The model is conditional (num_classes={model.config.num_classes}): the images need labels to be "
             "encoded and reconstructed; pass a split with a label column."
         )
-    output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    pixel_values = evaluation_pixel_values(data.images, model.config.binarize, seed)
+    pixel_values = to_pixel_values(evaluation_images(data, model.config.binarize, seed).images)
     labels = data.labels
     figures: dict[str, Figure] = {}
     figures["samples"] = plot_samples(model, seed)
@@ -389,7 +395,7 @@ def save_figures(
     )
     figures["reconstructions"] = plot_reconstructions(model, pixel_values, labels, title=title)
     figures["latent_space"] = plot_latent_space(model, pixel_values, labels, seed)
-    if model.config.latent_dim == 2:
+    if getattr(model.config, "latent_dim", None) == 2:
         figures["latent_manifold"] = plot_latent_manifold(model)
     figures["interpolation"] = plot_interpolation(model, pixel_values, labels, seed)
     if metrics_csv is not None and Path(metrics_csv).is_file():

@@ -18,18 +18,23 @@ import torch
 from PIL import Image
 
 from hf_vae import VAEConfig, VAEModel
-from hf_vae.data import DataError, ImageTensors
+from hf_vae.data import DataError, ImageTensors, evaluation_images, to_pixel_values
 from hf_vae.evaluation import (
     EvaluationError,
     active_units,
     anomaly_scores,
     evaluate_model,
-    evaluation_pixel_values,
     fit_anomaly_threshold,
     load_image_folder,
     load_split,
     main,
 )
+
+
+def evaluation_pixel_values(images: torch.Tensor, binarize: str, seed: int = 0) -> torch.Tensor:
+    """Float pixels of uint8 images as models are evaluated on them (`hf_vae.data.evaluation_images`)."""
+    return to_pixel_values(evaluation_images(ImageTensors(images), binarize, seed).images)
+
 
 IMAGE_SIZE = 6
 PROMISED_KEYS = {
@@ -117,7 +122,7 @@ def quadrature_log_likelihood(model: VAEModel, pixel_values: torch.Tensor, point
 
 # ---------------------------------------------------------------------------------------------- correctness
 def test_iwae_agrees_with_quadrature(model_2d, blob_data):
-    pixel_values = evaluation_pixel_values(blob_data.images[:5], "static", seed=0).double()
+    pixel_values = evaluation_pixel_values(blob_data.images[:5], "static", 0).double()
     exact = quadrature_log_likelihood(model_2d, pixel_values)
     estimate = model_2d.log_likelihood(pixel_values, num_samples=20000, generator=torch.Generator().manual_seed(0))
     elbo = -model_2d.negative_elbo(pixel_values, num_samples=2000, generator=torch.Generator().manual_seed(0))
@@ -132,7 +137,7 @@ def test_iwae_tightens_with_k_and_bounds_the_elbo(model_2d, blob_data):
     model = copy.deepcopy(model_2d)
     with torch.no_grad():
         model.encoder.fc_logvar.bias -= 2.0
-    pixel_values = evaluation_pixel_values(blob_data.images[:1000], "static", seed=0).double()
+    pixel_values = evaluation_pixel_values(blob_data.images[:1000], "static", 0).double()
     generator = torch.Generator().manual_seed(0)
     nll = {
         k: float(-model.log_likelihood(pixel_values, num_samples=k, generator=generator).mean())

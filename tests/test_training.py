@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import datasets
@@ -27,19 +28,15 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from hf_vae import VAEConfig, VAEModel
+from hf_vae.checkpointing import CHECKPOINTS_DIR, STATE_FILE, checkpoint_folders, resolve_checkpoint
 from hf_vae.data import load_splits
-from hf_vae.training import KILL_AFTER_STEP_ENV, main
+from hf_vae.training import main
 from hf_vae.training_args import ModelArguments, parse_args
-from hf_vae.training_utils import (
-    CHECKPOINTS_DIR,
-    METRICS_COLUMNS,
-    STATE_FILE,
-    build_model,
-    checkpoint_folders,
-    resolve_checkpoint,
-)
+from hf_vae.training_metrics import metrics_columns
+from hf_vae.training_setup import build_model
 
 REPO = Path(__file__).resolve().parents[1]
+METRICS_COLUMNS = metrics_columns(["recon_loss", "kl_loss"])  # the Gaussian VAE's: the reference tutorial's columns
 TRAIN_IMAGES, TEST_IMAGES = 200, 40
 VALIDATION_IMAGES = 20  # the default 10% held out of train
 TINY = [
@@ -92,7 +89,6 @@ def synthetic(tmp_path_factory) -> Path:
 
 def subprocess_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
-    env.pop(KILL_AFTER_STEP_ENV, None)
     env.update(extra)
     return env
 
@@ -142,8 +138,9 @@ def test_one_epoch_writes_every_output(synthetic, tmp_path):
 
     model = VAEModel.from_pretrained(output_dir)
     assert model.config.binarize == "dynamic" and model.config.hidden_sizes == [32]
-    for name in ("config.json", "model.safetensors", "modeling_vae.py", "configuration_vae.py"):
+    for name in ("config.json", "model.safetensors", "modeling_vae.py", "configuration_vae.py", "README.md"):
         assert (output_dir / name).is_file()
+    assert "library_name: hf-vae" in (output_dir / "README.md").read_text()  # the generated card, with the results
 
     results = read_json(output_dir / "train_results.json")
     assert results["num_processes"] == 1 and results["weights_identical_across_processes"] is True
@@ -233,29 +230,48 @@ def test_refuses_a_multi_process_launch_that_runs_unsynchronised(synthetic, tmp_
 
 
 # ---------------------------------------------------------------------------------------------- resume
+def _kill_at_first_checkpoint(arguments: list[str], output_dir: Path) -> Path:
+    """Start `hf-vae train` and SIGKILL it from outside as soon as a complete checkpoint exists, as a crash or a
+    pre-empted job would end it; return the newest complete checkpoint."""
+    command = [sys.executable, "-m", "hf_vae.cli", "train", *arguments, "--output_dir", str(output_dir)]
+    process = subprocess.Popen(
+        command, env=subprocess_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        while not checkpoint_folders(output_dir) and process.poll() is None:
+            time.sleep(0.002)
+        process.send_signal(signal.SIGKILL)
+        stderr = process.communicate(timeout=60)[1].decode()
+    finally:
+        process.kill()
+    assert process.returncode == -signal.SIGKILL, f"the run ended before it could be killed:\n{stderr}"
+    return checkpoint_folders(output_dir)[-1]
+
+
 def test_killed_run_resumes_to_identical_weights(synthetic, tmp_path):
+    # 6 steps an epoch, a checkpoint every 4: most checkpoints fall mid-epoch. 30 epochs leave the run far from
+    # its end when it is killed at its first checkpoint.
     arguments = [
-        "--dataset_name", str(synthetic), *TINY, "--num_train_epochs", "3", "--checkpointing_steps", "4",
+        "--dataset_name", str(synthetic), *TINY, "--num_train_epochs", "30", "--checkpointing_steps", "4",
         "--binarize", "dynamic", "--save_total_limit", "2", "--kl_warmup_steps", "10",
     ]  # fmt: skip
     uninterrupted, interrupted = tmp_path / "a", tmp_path / "b"
     assert run_cli(*arguments, "--output_dir", str(uninterrupted)).returncode == 0
 
-    killed = run_cli(*arguments, "--output_dir", str(interrupted), env=subprocess_env(**{KILL_AFTER_STEP_ENV: "10"}))
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-    assert [path.name for path in checkpoint_folders(interrupted)] == ["checkpoint-4", "checkpoint-8"]
-    assert read_json(interrupted / CHECKPOINTS_DIR / "checkpoint-8" / STATE_FILE)["step_in_epoch"] == 2  # mid-epoch
+    latest = _kill_at_first_checkpoint(arguments, interrupted)
+    assert not (interrupted / "train_results.json").exists()
+    assert read_json(latest / STATE_FILE)["global_step"] < 180
 
     resumed = run_cli(*arguments, "--output_dir", str(interrupted), "--resume_from_checkpoint", "latest")
     assert resumed.returncode == 0, resumed.stderr
-    assert "Resumed from" in resumed.stderr and "checkpoint-8" in resumed.stderr
+    assert "Resumed from" in resumed.stderr and latest.name in resumed.stderr
 
     expected, actual = load_file(uninterrupted / "model.safetensors"), load_file(interrupted / "model.safetensors")
     assert expected.keys() == actual.keys()
     assert all(torch.equal(expected[name], actual[name]) for name in expected)
     drop_time = [{k: v for k, v in row.items() if k != "epoch_time"} for row in read_metrics(uninterrupted)]
     assert drop_time == [{k: v for k, v in row.items() if k != "epoch_time"} for row in read_metrics(interrupted)]
-    assert read_json(interrupted / "train_results.json")["resumed_from_checkpoint"].endswith("checkpoint-8")
+    assert read_json(interrupted / "train_results.json")["resumed_from_checkpoint"].endswith(latest.name)
 
 
 def test_latest_checkpoint_ignores_incomplete_folders(tmp_path):
@@ -486,13 +502,14 @@ def test_saved_model_is_the_best_epoch_by_validation_loss(synthetic, tmp_path):
     results = read_json(output_dir / "train_results.json")
     assert results["best_epoch"] == best_epoch and results["best_val_loss"] == pytest.approx(min(val_losses))
 
-    from hf_vae.training_utils import evaluate, tensor_batches
+    from hf_vae.data import tensor_batches
+    from hf_vae.evaluation import per_image_figures
 
     validation = load_splits(str(synthetic), seed=42).validation
     saved = VAEModel.from_pretrained(output_dir)
-    metrics, count = evaluate(saved, tensor_batches(validation, 1000), seed=42)
-    assert count == VALIDATION_IMAGES
-    assert metrics["loss"] == pytest.approx(min(val_losses), rel=1e-5)
+    figures = per_image_figures(saved, tensor_batches(validation, 1000), seed=42)
+    assert len(figures["loss"]) == VALIDATION_IMAGES
+    assert figures["loss"].mean().item() == pytest.approx(min(val_losses), rel=1e-5)
 
 
 def test_num_importance_samples_trains_on_the_iwae_bound(synthetic, tmp_path):

@@ -15,8 +15,7 @@ import torch
 from PIL import Image
 
 from hf_vae import VAEConfig, VAEModel
-from hf_vae.data import DataError, ImageTensors
-from hf_vae.evaluation import evaluation_pixel_values
+from hf_vae.data import DataError, ImageTensors, evaluation_images, to_pixel_values
 from hf_vae.visualization import (
     FIGURE_DPI,
     figure_pixel_size,
@@ -27,6 +26,12 @@ from hf_vae.visualization import (
     read_metrics,
     save_figures,
 )
+
+
+def evaluation_pixel_values(images: torch.Tensor, binarize: str, seed: int = 0) -> torch.Tensor:
+    """Float pixels of uint8 images as models are evaluated on them (`hf_vae.data.evaluation_images`)."""
+    return to_pixel_values(evaluation_images(ImageTensors(images), binarize, seed).images)
+
 
 IMAGE_SIZE = 8
 ALL_FIGURES = {"samples", "reconstructions", "latent_space", "latent_manifold", "interpolation", "training_curves"}

@@ -20,7 +20,7 @@ LIKELIHOODS = ("bernoulli", "discretized_logistic")
 NORMALIZATIONS = ("batch", "group", "none")
 BINARIZATIONS = ("none", "dynamic", "static")
 ACTIVATIONS = ("relu", "gelu", "silu", "elu", "leaky_relu", "tanh")
-PRIORS = ("standard_normal",)
+PRIORS = ("standard_normal", "vamp")
 
 # Named architectures. "mnist-2d" is the reference tutorial's network, unchanged, so its results can be
 # reproduced and beaten in the same architecture; "mnist" is the stronger default for (dynamically
@@ -158,8 +158,10 @@ class VAEConfig(PretrainedConfig):
             building them), and the conv decoder concatenates it to the latent before its first linear layer.
         binarize (`str`, defaults to `"none"`): how the training data was binarised (`"none"`, `"dynamic"`
             or `"static"`), recorded so that evaluation binarises the test set the same way.
-        prior (`str`, defaults to `"standard_normal"`): the prior p(z) (see `priors.py`); `"standard_normal"` is
-            N(0, I).
+        prior (`str`, defaults to `"standard_normal"`): the prior p(z) (see `priors.py`): `"standard_normal"` is
+            N(0, I); `"vamp"` is the VampPrior (Tomczak & Welling 2018), a mixture of the posteriors of
+            `num_pseudo_inputs` learned pseudo-inputs, for unconditional models.
+        num_pseudo_inputs (`int`, defaults to 500): the VampPrior's number of pseudo-inputs (mixture components).
     """
 
     model_type = "hf_vae"
@@ -182,6 +184,7 @@ class VAEConfig(PretrainedConfig):
     num_classes: int | None = None
     binarize: str = "none"
     prior: str = "standard_normal"
+    num_pseudo_inputs: int = 500
 
     def __post_init__(self, **kwargs: Any) -> None:
         if isinstance(self.hidden_sizes, tuple):
@@ -223,6 +226,17 @@ class VAEConfig(PretrainedConfig):
             raise ValueError(
                 f"`free_bits` ({self.free_bits!r}) applies to the ELBO only, but `num_importance_samples` is "
                 f"{self.num_importance_samples}: set free_bits to 0 or num_importance_samples to 1."
+            )
+        _positive_int("num_pseudo_inputs", self.num_pseudo_inputs)
+        if self.prior != "standard_normal" and self.free_bits > 0:
+            raise ValueError(
+                f"`free_bits` ({self.free_bits!r}) needs the KL per latent unit in closed form, which only the "
+                f"standard_normal prior has; the {self.prior!r} prior's KL is estimated. Set free_bits to 0."
+            )
+        if self.prior == "vamp" and self.num_classes is not None:
+            raise ValueError(
+                "The VampPrior mixes the encoder's posteriors at unlabelled pseudo-inputs, so it does not apply to a "
+                f"conditional model (num_classes={self.num_classes}): use prior='standard_normal' or drop num_classes."
             )
         if self.num_classes is not None and (not _is_int(self.num_classes) or self.num_classes < 2):
             raise ValueError(

@@ -117,7 +117,7 @@ class VAEModel(VAEPreTrainedModel):
             conv = (config.image_size, config.conv_channels, config.num_res_blocks)
             self.encoder = ConvGaussianEncoder(config.num_channels, *conv, config.latent_dim, config.num_classes, spec)
             self.decoder = ConvDecoder(config.latent_dim + label_features, *conv, out_channels, spec)
-        self.prior = build_prior(config.prior, config.latent_dim)
+        self.prior = build_prior(config, self.encoder)
         self.post_init()
 
     # ------------------------------------------------------------------ the contract
@@ -164,12 +164,14 @@ class VAEModel(VAEPreTrainedModel):
         num_samples = self.config.num_importance_samples if sample_posterior else 1
         latents = posterior.sample(generator, num_samples) if sample_posterior else posterior.mode()[None]
         log_px_z, logits = self._log_px_z(latents, condition, pixel_values)
-        kl = self.prior.kl(posterior, latents[0])
         reconstruction = -log_px_z.mean(0)
+        log_ratio = None  # log p(z_k) - log q(z_k|x), (K, B), when needed
+        if num_samples > 1 or not self.prior.has_closed_form_kl:
+            log_ratio = self.prior.log_prob(latents) - posterior.log_prob(latents)
+        kl = self.prior.kl(posterior) if self.prior.has_closed_form_kl else -log_ratio.mean(0)
         if num_samples > 1:
             # Minus the IWAE bound with p(z)^w / q(z|x)^w, w = beta * kl_weight: warm-up and beta act on the
             # prior/posterior ratio as they act on the KL in the ELBO.
-            log_ratio = self.prior.log_prob(latents) - posterior.log_prob(latents)
             loss = -iwae_bound(log_px_z + kl_weight * log_ratio)
         else:
             loss = reconstruction + kl_weight * kl

@@ -18,6 +18,7 @@ from torch import nn
 from .distributions import DiagonalGaussian, standard_normal
 
 _LOG_2PI = math.log(2 * math.pi)
+_NORMALIZATION_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 class StandardNormal(nn.Module):
@@ -46,13 +47,87 @@ class StandardNormal(nn.Module):
         return posterior.kl()
 
 
-PRIORS: dict[str, type[nn.Module]] = {"standard_normal": StandardNormal}
+class VampPrior(nn.Module):
+    """The VampPrior (Tomczak & Welling 2018): p(z) = (1/K) sum_k q(z | u_k), the mixture of the encoder's posteriors
+    at K learned pseudo-inputs u_k, which the model learns with the rest of its weights.
+
+    The pseudo-inputs are stored as a parameter (K, C, H, W), used clamped to the pixel range [0, 1] (the paper's
+    hardtanh), and start as uniform noise around 0.5 (so they are not all the same image). They are encoded with the
+    model's own encoder, given at construction and kept outside this module's parameters (the encoder's weights
+    belong to the model). BatchNorm layers encode them with their running statistics, in training too: the
+    pseudo-inputs must neither join the batch's statistics nor move the running ones. There is no closed-form KL; it
+    is estimated as log q(z|x) - log p(z) at posterior draws.
+    """
+
+    has_closed_form_kl = False
+
+    def __init__(self, latent_dim: int, num_pseudo_inputs: int, image_shape: tuple[int, int, int], encoder: nn.Module):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.pseudo_inputs = nn.Parameter(torch.empty(num_pseudo_inputs, *image_shape))
+        self.__dict__["_encoder"] = encoder  # not a submodule: its weights are the model's
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        self.pseudo_inputs.uniform_(0.45, 0.55)
+
+    def components(self) -> DiagonalGaussian:
+        """The K mixture components, (K, latent_dim) means and log-variances."""
+        encoder: nn.Module = self.__dict__["_encoder"]
+        norms = [module for module in encoder.modules() if isinstance(module, _NORMALIZATION_LAYERS)]
+        modes = [module.training for module in norms]
+        for module in norms:
+            module.eval()
+        try:
+            mean, logvar = encoder(self.pseudo_inputs.clamp(0.0, 1.0), None)
+        finally:
+            for module, mode in zip(norms, modes, strict=True):
+                module.train(mode)
+        return DiagonalGaussian(mean, logvar)
+
+    def log_prob(self, latents: torch.Tensor) -> torch.Tensor:
+        """log (1/K) sum_k N(z; mean_k, var_k), over the last dimension. The squared distances are expanded into
+        matrix products, so that memory grows as latents x K, not latents x K x latent_dim."""
+        components = self.components()
+        flat = latents.reshape(-1, latents.shape[-1])
+        inverse_var = torch.exp(-components.logvar)  # (K, D)
+        quadratic = (
+            flat.pow(2) @ inverse_var.T
+            - 2 * flat @ (components.mean * inverse_var).T
+            + (components.mean.pow(2) * inverse_var).sum(-1)
+        )
+        log_components = -0.5 * (quadratic + components.logvar.sum(-1) + latents.shape[-1] * _LOG_2PI)
+        log_mixture = torch.logsumexp(log_components, dim=-1) - math.log(self.pseudo_inputs.shape[0])
+        return log_mixture.view(latents.shape[:-1])
+
+    def sample(
+        self, num_samples: int, generator: torch.Generator | None = None, like: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """A component chosen uniformly for each draw, then a draw from it."""
+        components = self.components()
+        device = generator.device if generator is not None else components.mean.device
+        chosen = torch.randint(len(components.mean), (num_samples,), generator=generator, device=device)
+        chosen = chosen.to(components.mean.device)
+        noise = standard_normal((num_samples, self.latent_dim), components.mean, generator)
+        return components.mean[chosen] + components.std[chosen] * noise
+
+    def kl(self, posterior: DiagonalGaussian, latents: torch.Tensor) -> torch.Tensor:
+        """One-sample Monte Carlo estimate of KL(q(z|x) || p(z)) at `latents` drawn from q."""
+        return posterior.log_prob(latents) - self.log_prob(latents)
 
 
-def build_prior(name: str, latent_dim: int) -> nn.Module:
-    if name not in PRIORS:
-        raise ValueError(f"Unknown prior {name!r}; available priors: {sorted(PRIORS)}.")
-    return PRIORS[name](latent_dim)
+PRIORS: dict[str, type[nn.Module]] = {"standard_normal": StandardNormal, "vamp": VampPrior}
 
 
-__all__ = ["PRIORS", "StandardNormal", "build_prior"]
+def build_prior(config, encoder: nn.Module | None = None) -> nn.Module:
+    """The prior a config names (`config.prior`); a VampPrior encodes its pseudo-inputs with `encoder`."""
+    if config.prior == "standard_normal":
+        return StandardNormal(config.latent_dim)
+    if config.prior == "vamp":
+        image_shape = (config.num_channels, config.image_size, config.image_size)
+        return VampPrior(config.latent_dim, config.num_pseudo_inputs, image_shape, encoder)
+    raise ValueError(f"Unknown prior {config.prior!r}; available priors: {sorted(PRIORS)}.")
+
+
+__all__ = ["PRIORS", "StandardNormal", "VampPrior", "build_prior"]

@@ -59,6 +59,13 @@ class ModelArguments:
     num_classes: int | None = field(
         default=None, metadata={"help": "Train a conditional VAE on the label column with this many classes."}
     )
+    prior: Literal["standard_normal", "vamp"] | None = field(
+        default=None,
+        metadata={"help": "The prior p(z): standard_normal, or vamp (the VampPrior, a mixture over learned inputs)."},
+    )
+    num_pseudo_inputs: int | None = field(
+        default=None, metadata={"help": "Pseudo-inputs (mixture components) of the VampPrior (default 500)."}
+    )
     binarize: Literal["none", "dynamic", "static"] | None = field(
         default=None,
         metadata={

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -269,7 +270,7 @@ def test_trust_remote_code_loads_without_hf_vae(trained, saved, tmp_path):
 # ---------------------------------------------------------------------------------------------- damaged folders
 def test_corrupt_safetensors_is_a_clear_error(copy_of_saved):
     weights = copy_of_saved / "model.safetensors"
-    weights.write_bytes(os.urandom(weights.stat().st_size))
+    weights.write_bytes(random.Random(0).randbytes(weights.stat().st_size))  # seeded: the same bytes every run
     with pytest.raises(OSError, match=r"model\.safetensors\) are not a valid safetensors file, probably corrupt"):
         VAEModel.from_pretrained(copy_of_saved)
 

@@ -2,7 +2,7 @@
 
     python scripts/benchmark_iwae.py --dataset_name /path/to/mnist --num_images 10000 --iwae_samples 1000
 
-Times `hf_vae.evaluation.compute_per_image_figures` (negative ELBO, IWAE, reference-style loss, posterior means)
+Times `hf_vae.evaluation.per_image_figures` (negative ELBO, IWAE, reference-style loss, posterior means)
 for a model (`--model`, default: a freshly initialised model of `--preset`, whose cost is the same as a trained
 one's) and prints seconds, images per second and the decoder rows evaluated per second. On a shared machine, run
 it twice and keep the faster figure.
@@ -17,13 +17,9 @@ import time
 import torch
 
 from hf_vae import VAEConfig, VAEModel
-from hf_vae.evaluation import (
-    DEFAULT_MAX_BATCH_ELEMENTS,
-    compute_per_image_figures,
-    evaluation_pixel_values,
-    load_model,
-    load_split,
-)
+from hf_vae.data import evaluation_images, tensor_batches
+from hf_vae.estimators import DEFAULT_MAX_BATCH_ELEMENTS
+from hf_vae.evaluation import load_model, load_split, per_image_figures
 
 
 def main() -> None:
@@ -41,19 +37,17 @@ def main() -> None:
 
     model = load_model(args.model) if args.model else VAEModel(VAEConfig.from_preset(args.preset)).eval()
     data = load_split(args.dataset_name, model.config, args.split, max_samples=args.num_images)
-    pixel_values = evaluation_pixel_values(data.images, model.config.binarize)
+    images = evaluation_images(data, model.config.binarize)
     started = time.perf_counter()
-    figures = compute_per_image_figures(
+    figures = per_image_figures(
         model,
-        pixel_values,
-        data.labels if model.config.num_classes else None,
-        args.iwae_samples,
-        args.elbo_samples,
-        batch_size=args.batch_size,
+        tensor_batches(images, args.batch_size),
+        elbo_samples=args.elbo_samples,
+        iwae_samples=args.iwae_samples,
         max_batch_elements=args.max_batch_elements,
     )
     seconds = time.perf_counter() - started
-    rows = len(data) * (args.iwae_samples + args.elbo_samples + 2)
+    rows = len(data) * (args.iwae_samples + args.elbo_samples + 3)
     report = {
         "model": args.model or f"fresh {args.preset}",
         "num_images": len(data),
@@ -64,7 +58,7 @@ def main() -> None:
         "seconds": round(seconds, 1),
         "images_per_second": round(len(data) / seconds, 1),
         "decoder_rows_per_second": round(rows / seconds),
-        "iwae_nll": round(float(figures.iwae_nll.mean()), 3),
+        "iwae_nll": round(float(figures["iwae_nll"].mean()), 3),
     }
     print(json.dumps(report, indent=2))
 

@@ -559,3 +559,57 @@ def test_train_downloads_a_hub_dataset_through_the_server(hub_server, hub_token,
     assert results["train_images"] == 54 and results["global_step"] == 2  # 60 minus the 10% held out
     assert json.loads((output_dir / "eval_results.json").read_text())["test_images"] == 20
     assert list((tmp_path / "hf_home").rglob("*.parquet")), "the dataset was not downloaded into the Hub cache"
+
+
+# ---------------------------------------------------------------------------------------------- the transformers way
+def test_model_push_to_hub_uploads_our_card_with_the_folders_results(hub_server, hub_token, hub_repo_id, tmp_path):
+    """`model.push_to_hub(repo)` (what a transformers user tries first) uploads hf-vae's generated card, not
+    transformers' empty template, with the results of the folder the model was loaded from, the code for
+    `trust_remote_code`, and weights that load back bit-exactly in a process without hf_vae."""
+    folder = make_model_folder(tmp_path / "trained")
+    before = folder_state(folder)
+    env = subprocess_env(hub_server, hub_token, tmp_path / "push_home")
+    pushed = run_python(
+        """
+        import sys
+        from hf_vae import VAEModel
+
+        VAEModel.from_pretrained(sys.argv[1]).push_to_hub(sys.argv[2], commit_message="via transformers")
+        """,
+        env,
+        tmp_path,
+        str(folder),
+        hub_repo_id,
+    )
+    assert pushed.returncode == 0, pushed.stderr
+    assert folder_state(folder) == before
+
+    api = HfApi(endpoint=hub_server, token=hub_token)
+    files = set(api.list_repo_files(hub_repo_id))
+    assert {"config.json", "model.safetensors", "README.md", "metrics.csv", "evaluation.json", "samples.png"} <= files
+    assert {"modeling_vae.py", "configuration_vae.py", "modeling_utils.py", "priors.py", "layers.py"} <= files
+    assert not {name for name in files if name.startswith(("checkpoints/", "checkpoint-"))}
+    card = Path(hf_hub_download(hub_repo_id, "README.md", endpoint=hub_server, cache_dir=tmp_path / "cache"))
+    text = card.read_text()
+    metadata = yaml.safe_load(text.split("---")[1])
+    assert metadata["library_name"] == "hf-vae" and "More Information Needed" not in text
+    (result,) = metadata["model-index"][0]["results"]
+    assert {metric["type"]: metric["value"] for metric in result["metrics"]}["iwae_nll"] == EVALUATION["iwae_nll"]
+    assert f'VAEModel.from_pretrained("{hub_repo_id}")' in text
+
+    pulled = run_python(
+        """
+        import sys
+        sys.modules["hf_vae"] = None
+        from safetensors.torch import save_file
+        from transformers import AutoModel
+
+        save_file(AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).state_dict(), "remote.safetensors")
+        """,
+        subprocess_env(hub_server, None, tmp_path / "pull_home"),
+        tmp_path,
+        hub_repo_id,
+        isolated=True,
+    )
+    assert pulled.returncode == 0, pulled.stderr
+    assert_same_weights(tmp_path / "remote.safetensors", folder / "model.safetensors")

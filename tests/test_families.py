@@ -1,0 +1,30 @@
+"""Every model family the project has, through the shared tester (`family_tester.FamilyTester`)."""
+
+from __future__ import annotations
+
+from family_tester import FamilyTester, tiny_dataset  # noqa: F401  (the fixture)
+
+from hf_vae import VAEConfig
+
+TINY_MLP = ["--hidden_sizes", "16", "--latent_dim", "2"]
+
+
+class TestGaussianMLP(FamilyTester):
+    config = VAEConfig(image_size=28, latent_dim=2, hidden_sizes=[16], binarize="dynamic")
+    train_arguments = ["--preset", "mnist", *TINY_MLP]
+
+
+class TestGaussianConvConditional(FamilyTester):
+    config = VAEConfig(
+        architecture="conv", image_size=28, latent_dim=3, conv_channels=[4, 8], num_classes=10, dropout=0.0
+    )
+    train_arguments = ["--preset", "mnist-conv", "--conv_channels", "4", "8", "--latent_dim", "3",
+                       "--num_classes", "10"]  # fmt: skip
+
+
+class TestGaussianVampPriorIWAE(FamilyTester):
+    config = VAEConfig(
+        image_size=28, latent_dim=2, hidden_sizes=[16], prior="vamp", num_pseudo_inputs=6, num_importance_samples=3
+    )
+    train_arguments = ["--preset", "mnist", *TINY_MLP, "--prior", "vamp", "--num_pseudo_inputs", "6",
+                       "--num_importance_samples", "3"]  # fmt: skip

@@ -29,12 +29,15 @@ from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
+# `from_pretrained` keywords that only say where and how to read a folder (no config overrides): with only these, the
+# weights' shapes can be checked against the config before loading.
+_LOADING_OPTIONS = {"ignore_mismatched_sizes", "revision", "cache_dir", "local_files_only", "token", "force_download"}
 
 
 @contextmanager
@@ -107,6 +110,8 @@ class HfVaePreTrainedModel(PreTrainedModel):
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         output_loading_info = kwargs.pop("output_loading_info", False)
         kwargs["ignore_mismatched_sizes"] = True  # report mismatches below instead of transformers' opaque error
+        if not model_args and set(kwargs) <= _LOADING_OPTIONS:
+            cls._check_local_weights_fit(pretrained_model_name_or_path)
         try:
             model, loading_info = super().from_pretrained(
                 pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
@@ -116,6 +121,13 @@ class HfVaePreTrainedModel(PreTrainedModel):
                 f"The weights of {pretrained_model_name_or_path!s} (model.safetensors) are not a valid safetensors "
                 f"file, probably corrupt or truncated ({error}). Save the model again with `save_pretrained`, or "
                 "download it again with `force_download=True`."
+            ) from error
+        except (AttributeError, TypeError, IndexError, KeyError, OverflowError) as error:
+            # transformers reads some config.json entries (e.g. "dtype", with getattr(torch, ...)) without checks.
+            raise OSError(
+                f"{pretrained_model_name_or_path!s}: config.json cannot build the model ({type(error).__name__}: "
+                f"{error}); it is probably damaged. Save the model again with `save_pretrained`, or download it again "
+                "with `force_download=True`."
             ) from error
         problems = [
             f"{key}: checkpoint {tuple(checkpoint_shape)}, model {tuple(model_shape)}"
@@ -132,6 +144,51 @@ class HfVaePreTrainedModel(PreTrainedModel):
                 "the weights were saved with."
             )
         return (model, loading_info) if output_loading_info else model
+
+    @classmethod
+    def _check_local_weights_fit(cls, folder: str | os.PathLike | None) -> None:
+        """For a local folder, compare the weight shapes the config describes (a model built on the meta device, which
+        allocates nothing) with those in the safetensors header, before anything is allocated: a damaged config.json
+        asking for a huge layer is refused at once instead of after minutes and gigabytes."""
+        if folder is None or not os.path.isdir(folder):
+            return
+        weights, config_file = os.path.join(folder, "model.safetensors"), os.path.join(folder, "config.json")
+        if not (os.path.isfile(weights) and os.path.isfile(config_file)):
+            return
+        try:
+            config = cls.config_class.from_pretrained(folder)
+        except ValueError as error:
+            raise ValueError(f"{config_file}: {error}") from error
+        except (OSError, AttributeError, TypeError, IndexError, KeyError, OverflowError) as error:
+            raise OSError(
+                f"{config_file} cannot be read as a {cls.config_class.__name__} ({type(error).__name__}: {error}); it "
+                "is probably damaged. Save the model again with `save_pretrained`."
+            ) from error
+        with torch.device("meta"):
+            expected = {name: tuple(tensor.shape) for name, tensor in cls(config).state_dict().items()}
+        try:
+            with safe_open(weights, framework="pt") as file:
+                found = {name: tuple(file.get_slice(name).get_shape()) for name in file.keys()}
+        except (SafetensorError, OSError, ValueError) as error:
+            raise OSError(
+                f"The weights of {folder!s} (model.safetensors) are not a valid safetensors file, probably corrupt or "
+                f"truncated ({error}). Save the model again with `save_pretrained`."
+            ) from error
+        problems = [
+            f"{name}: checkpoint {found[name]}, model {shape}"
+            for name, shape in sorted(expected.items())
+            if name in found and found[name] != shape
+        ]
+        problems += [f"{name}: missing from the checkpoint" for name in sorted(set(expected) - set(found))]
+        problems += [f"{name}: in the checkpoint, not in the model" for name in sorted(set(found) - set(expected))]
+        if problems:
+            raise RuntimeError(
+                f"The weights in {folder!s} do not fit the architecture its config describes "
+                f"({config.describe_architecture()}):\n  "
+                + "\n  ".join(problems)
+                + "\nWas config.json edited, or a config override passed to `from_pretrained`? Load with the config "
+                "the weights were saved with."
+            )
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, model_card: bool = True, **kwargs: Any):
         """transformers' `save_pretrained` (config.json, model.safetensors and, for `trust_remote_code`, the code

@@ -36,7 +36,9 @@ from .checkpointing import (
     CHECKPOINTS_DIR,
     CheckpointError,
     LoopState,
+    check_checkpoint_folder,
     load_checkpoint,
+    read_loop_state,
     remove_stale_staging,
     resolve_checkpoint,
     save_checkpoint,
@@ -115,6 +117,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     check_world_size(accelerator)
     check_output_dir(args, output_dir)
     resume_from = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
+    if resume_from is not None:  # a damaged checkpoint is refused before this run writes anything
+        check_checkpoint_folder(resume_from)
+        read_loop_state(resume_from)
     if args.resume_from_checkpoint == "latest" and resume_from is None:
         logger.warning(f"No complete checkpoint in {output_dir / CHECKPOINTS_DIR}: starting from scratch.")
     accelerator.wait_for_everyone()

@@ -26,7 +26,6 @@ from hf_vae.convert import (
     max_differences,
     resolve_source,
 )
-from hf_vae.model_card import build_model_card
 
 DEFAULT_ARGS = {"input_dim": 784, "latent_dim": 2, "hidden_dim": 256, "beta": 1.0}
 # The tutorial's own suggested variants.
@@ -156,8 +155,7 @@ def test_output_folder_is_a_model_folder_with_a_card(tmp_path, checkpoint):
     assert len(result.sha256) == 64
     assert 'VAEModel.from_pretrained("out")' in card.text
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []
-    # The card is the general one, built from the folder: `hf-vae push` regenerates the same text.
-    assert (out / "README.md").read_text() == str(build_model_card(out))
+    assert "`conversion.json`" in card.text and "`modeling_vae.py`" in card.text  # the files section
 
 
 def test_conversion_json_records_the_provenance(tmp_path, checkpoint):
@@ -401,3 +399,29 @@ def test_converts_a_checkpoint_from_a_hub_repo(
         resolve_source(f"{hub_repo_id}-missing", **hub)
     with pytest.raises(ConversionError, match="has no revision 'v2'"):
         resolve_source(hub_repo_id, revision="v2", **hub)
+
+
+@pytest.mark.parametrize(("offset", "refused"), [(1e-3, True), (1e-8, False)])
+def test_a_difference_above_the_tolerance_is_refused_and_nothing_is_written(
+    tmp_path, checkpoint, monkeypatch, offset, refused
+):
+    """The check that guards every conversion: converted weights that make the network differ from the tutorial's by
+    more than 1e-5 are refused (here a fault is injected into the key mapping), and nothing is written; a difference
+    far below the tolerance converts."""
+    from hf_vae import convert
+
+    original = convert.convert_state_dict
+
+    def shifted(state_dict):
+        converted = original(state_dict)
+        converted["decoder.layers.8.bias"] = converted["decoder.layers.8.bias"] + offset
+        return converted
+
+    monkeypatch.setattr(convert, "convert_state_dict", shifted)
+    if not refused:
+        assert max(convert_checkpoint(checkpoint, tmp_path / "out").differences.values()) <= TOLERANCE
+        return
+    with pytest.raises(ConversionError, match=r"disagrees with the tutorial's network .*tolerance 1e-05.*Nothing was"):
+        convert_checkpoint(checkpoint, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["best_vae_model.pth"]

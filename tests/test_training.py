@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -545,3 +546,25 @@ def test_mixed_precision_bf16_trains_on_cpu(synthetic, tmp_path):
     assert math.isfinite(float(row["train_loss"])) and math.isfinite(float(row["val_loss"]))
     weights = load_file(output_dir / "model.safetensors")
     assert all(tensor.dtype in (torch.float32, torch.int64) for tensor in weights.values())
+
+
+def test_a_checkpoint_written_by_hf_vae_0_1_resumes(synthetic, tmp_path):
+    """tests/data/checkpoint-hf-vae-0.1 is a mid-epoch checkpoint (step 8, 2 steps into epoch 2) written by the
+    training loop before the family-contract change, with these options on the synthetic digits: it resumes and
+    finishes the run, keeping the epoch the old loop had logged."""
+    arguments = [
+        "--dataset_name", str(synthetic), "--preset", "mnist-2d", "--hidden_sizes", "4", "--latent_dim", "2",
+        "--per_device_train_batch_size", "32", "--skip_figures", "--disable_tqdm", "--num_train_epochs", "2",
+        "--checkpointing_steps", "4", "--binarize", "dynamic", "--kl_warmup_steps", "10",
+    ]  # fmt: skip
+    output_dir = tmp_path / "run"
+    old = Path(__file__).parent / "data" / "checkpoint-hf-vae-0.1" / "checkpoint-8"
+    shutil.copytree(old, output_dir / CHECKPOINTS_DIR / "checkpoint-8")
+    resumed = run_cli(*arguments, "--output_dir", str(output_dir), "--resume_from_checkpoint", "latest")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resumed from" in resumed.stderr and "checkpoint-8" in resumed.stderr
+    rows = read_metrics(output_dir)
+    old_row = read_json(old / STATE_FILE)["history"][0]
+    assert len(rows) == 2 and float(rows[0]["train_loss"]) == old_row["train_loss"]
+    assert math.isfinite(float(rows[1]["val_loss"]))
+    assert read_json(output_dir / "train_results.json")["global_step"] == 12

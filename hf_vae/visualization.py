@@ -1,6 +1,9 @@
 """Pictures of a trained VAE: prior samples, reconstructions, the latent space, the learned manifold,
 interpolations and training curves, as PNG files of fixed pixel size.
 
+Every picture `save_figures` writes carries a caption naming the model (and, when the caller knows it, the epoch or
+step), because a PNG copied into a report or a model card no longer says where it came from.
+
 Figures are drawn on `matplotlib.figure.Figure` objects (Agg rendering, no pyplot global state), so they can be
 written from a training loop or a server without touching the process's matplotlib backend. Images are shown
 as the model sees them: binarised (one seeded Bernoulli draw) for models trained on binarised data.
@@ -9,6 +12,7 @@ as the model sees them: binarised (one seeded Bernoulli draw) for models trained
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import sys
@@ -20,7 +24,7 @@ import torch
 from matplotlib import colormaps
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
 from torchvision.utils import make_grid
 from transformers import HfArgumentParser
 
@@ -49,6 +53,15 @@ METRIC_TITLES = {
 }
 _GRID_PADDING = 2
 _MAX_SAMPLE_ROWS = 20
+PROJECTIONS = ("auto", "pca", "lda")
+# Ridge added to the within-class scatter before LDA whitens by it, relative to its mean eigenvalue: large enough that
+# latent dimensions the model does not use (posterior means ~0 for every image, so both scatters are ~0) cannot
+# produce a large between/within ratio out of round-off, small enough to leave used dimensions alone.
+_LDA_RIDGE = 1e-3
+# Characters of a caption kept (from the end, where a path names the model) so that it fits the narrowest figure.
+_MAX_CAPTION = 110
+# Manifold grids up to this many steps label every row and column; larger ones label an even subset with both ends.
+_MAX_LABELLED_STEPS = 25
 
 
 def figure_pixel_size(name: str) -> tuple[int, int]:
@@ -59,6 +72,31 @@ def figure_pixel_size(name: str) -> tuple[int, int]:
 
 def _figure(name: str) -> Figure:
     return Figure(figsize=FIGURE_SIZES[name], dpi=FIGURE_DPI, layout="constrained")
+
+
+def _default_caption(model: HfVaePreTrainedModel) -> str:
+    """What a picture can say about its model unaided: where it was loaded from, else its class."""
+    return str(getattr(model, "name_or_path", "") or "") or type(model).__name__
+
+
+def _add_caption(figure: Figure, caption: str) -> None:
+    """A small grey line at the bottom of the figure. `supxlabel` rather than `figure.text`: constrained layout
+    makes room for it, so it never overlaps the axes, and the figure keeps its pixel size."""
+    if len(caption) > _MAX_CAPTION:
+        caption = "…" + caption[-(_MAX_CAPTION - 1) :]
+    figure.supxlabel(caption, x=0.01, ha="left", fontsize=8, color="0.35")
+
+
+def _format_value(value: float) -> str:
+    """`value` in scientific notation with the fewest digits that still give it back (1e-03, 2.5e-04): learning
+    rates are read as written in the configuration, not as 0.96 x 1e-3."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    for digits in range(7):
+        text = f"{value:.{digits}e}"
+        if abs(float(text) - value) <= 1e-9 * abs(value):
+            return text
+    return f"{value:.6e}"
 
 
 def _grid(images: torch.Tensor, nrow: int) -> np.ndarray:
@@ -141,12 +179,49 @@ def plot_reconstructions(
     return figure
 
 
+def _fix_signs(directions: torch.Tensor) -> torch.Tensor:
+    """Columns flipped so that each one's largest component is positive: SVD and eigh leave the sign of a direction
+    arbitrary, which would mirror the picture from one run or machine to the next."""
+    largest = directions.abs().argmax(0)
+    signs = directions.gather(0, largest.unsqueeze(0)).sign()
+    return directions * torch.where(signs == 0, torch.ones_like(signs), signs)
+
+
 def _pca(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Projection on the first two principal components and the fraction of variance each explains."""
     centred = points - points.mean(0)
     _, singular_values, right = torch.linalg.svd(centred, full_matrices=False)
     explained = singular_values.pow(2) / singular_values.pow(2).sum()
-    return centred @ right[:2].T, explained[:2]
+    return centred @ _fix_signs(right[:2].T), explained[:2]
+
+
+def _lda(points: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Projection on Fisher's top two linear discriminants and each one's between/within-class variance ratio.
+
+    PCA keeps the directions of largest variance, which in a VAE's latent are often spread within every class; LDA
+    keeps those along which class means differ most relative to the spread inside the classes. Within-class scatter
+    S_W (plus a small ridge) is factored as L L^T; the eigenvectors of L^-1 S_B L^-T (S_B the between-class scatter)
+    mapped back through L^-T are the discriminants, scaled so that the within-class spread along each is ~1. Needs at
+    least three classes for two meaningful directions."""
+    points = points.double()
+    mean = points.mean(0)
+    classes, inverse = torch.unique(labels, return_inverse=True)
+    counts = torch.bincount(inverse, minlength=len(classes)).double()
+    class_means = torch.zeros(len(classes), points.shape[1], dtype=points.dtype).index_add_(0, inverse, points)
+    class_means /= counts.unsqueeze(1)
+    within = points - class_means[inverse]
+    scatter_within = within.T @ within / len(points)
+    between = (class_means - mean) * (counts / len(points)).sqrt().unsqueeze(1)
+    scatter_between = between.T @ between
+    dim = points.shape[1]
+    ridge = _LDA_RIDGE * scatter_within.trace() / dim + torch.finfo(points.dtype).tiny
+    cholesky = torch.linalg.cholesky(scatter_within + ridge * torch.eye(dim, dtype=points.dtype))
+    half = torch.linalg.solve_triangular(cholesky, scatter_between, upper=False)  # L^-1 S_B
+    whitened = torch.linalg.solve_triangular(cholesky, half.T, upper=False)  # L^-1 S_B L^-T (symmetric)
+    ratios, vectors = torch.linalg.eigh((whitened + whitened.T) / 2)
+    top = vectors[:, -2:].flip(1)  # eigh sorts ascending
+    directions = _fix_signs(torch.linalg.solve_triangular(cholesky.T, top, upper=True))  # L^-T v
+    return (points - mean) @ directions, ratios[-2:].flip(0).clamp_min(0)
 
 
 @in_eval_mode
@@ -156,9 +231,18 @@ def plot_latent_space(
     labels: torch.Tensor | None = None,
     seed: int = 0,
     max_points: int = 5000,
+    projection: str = "auto",
 ) -> Figure:
-    """Posterior means of up to `max_points` images (a seeded random subset), coloured by label: the latent
-    plane itself for 2-D latents, the first two principal components for higher dimensions."""
+    """Posterior means of up to `max_points` images (a seeded random subset), coloured by label.
+
+    `projection` chooses how a latent of more than two dimensions is drawn: "pca" (the two directions of largest
+    variance), "lda" (Fisher's two linear discriminants: the directions that separate the classes, which in a
+    VAE's latent are often not those of largest variance), or "auto": LDA when there are labels of at least three
+    classes and the latent has more than two dimensions, else PCA. Without labels of three classes LDA falls back
+    to PCA, and the title says which was drawn. A 2-D latent is drawn as it is unless a projection is asked for;
+    a 1-D latent against its label, jittered."""
+    if projection not in PROJECTIONS:
+        raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}.")
     count = min(len(pixel_values), max_points)
     chosen = torch.randperm(len(pixel_values), generator=torch.Generator().manual_seed(seed))[:count].sort().values
     chosen_labels = None if labels is None else labels[chosen]
@@ -173,16 +257,31 @@ def plot_latent_space(
         title = f"Latent space: posterior means of {count} images (1-D latent, jittered by class)"
         axes.set_xlabel("z₁")
         axes.set_ylabel("class" if chosen_labels is not None else "")
-    elif latent_dim == 2:
+    elif latent_dim == 2 and projection == "auto":
         coordinates = means
         title = f"Latent space: posterior means of {count} images"
         axes.set_xlabel("z₁")
         axes.set_ylabel("z₂")
     else:
-        coordinates, explained = _pca(means)
-        title = f"Latent space: posterior means of {count} images, PCA of the {latent_dim}-D latent"
-        axes.set_xlabel(f"principal component 1 ({explained[0]:.0%} of variance)")
-        axes.set_ylabel(f"principal component 2 ({explained[1]:.0%} of variance)")
+        separable = chosen_labels is not None and len(torch.unique(chosen_labels)) >= 3
+        if projection != "pca" and separable:
+            coordinates, ratios = _lda(means, chosen_labels)
+            title = (
+                f"Latent space: posterior means of {count} images,\n"
+                f"linear discriminant analysis (LDA) of the {latent_dim}-D latent"
+            )
+            axes.set_xlabel(f"discriminant 1 (between/within-class variance ratio {ratios[0]:.3g})")
+            axes.set_ylabel(f"discriminant 2 (between/within-class variance ratio {ratios[1]:.3g})")
+        else:
+            coordinates, explained = _pca(means)
+            fallback = " (LDA needs labels of 3 or more classes)" if projection == "lda" else ""
+            title = (
+                f"Latent space: posterior means of {count} images,\n"
+                f"PCA of the {latent_dim}-D latent: 2 components explain {explained.sum():.0%} of the variance"
+                f"{fallback}"
+            )
+            axes.set_xlabel(f"principal component 1 ({explained[0]:.0%} of variance)")
+            axes.set_ylabel(f"principal component 2 ({explained[1]:.0%} of variance)")
     points = coordinates.numpy()
     if chosen_labels is None:
         axes.scatter(points[:, 0], points[:, 1], s=4, alpha=0.6, color="tab:blue", linewidths=0)
@@ -224,9 +323,12 @@ def plot_latent_manifold(model: HfVaePreTrainedModel, steps: int = 20, label: in
     suffix = "" if model.config.num_classes is None else f", class {label}"
     _show_grid(axes, _grid(images, steps), f"Learned manifold: decoder means at z = Φ⁻¹(u), u on an even grid{suffix}")
     centres = _cell_centres(steps, model.config.image_size)
-    shown = range(0, steps, max(1, steps // 10))
-    axes.set_xticks([centres[i] for i in shown], [f"{values[i]:.2f}" for i in shown], fontsize=8)
-    axes.set_yticks([centres[i] for i in shown], [f"{values.flip(0)[i]:.2f}" for i in shown], fontsize=8)
+    # Every row and column, or an even subset that keeps both ends: the extreme cells are where the prior's tails
+    # are, and a reader needs to know how far out they are.
+    shown = range(steps) if steps <= _MAX_LABELLED_STEPS else sorted(set(np.linspace(0, steps - 1, 11).round()))
+    shown = [int(i) for i in shown]
+    axes.set_xticks([centres[i] for i in shown], [f"{values[i]:.2f}" for i in shown], fontsize=7, rotation=90)
+    axes.set_yticks([centres[i] for i in shown], [f"{values.flip(0)[i]:.2f}" for i in shown], fontsize=7)
     axes.set_xlabel("z₁")
     axes.set_ylabel("z₂")
     return figure
@@ -311,6 +413,29 @@ def read_metrics(path: str | Path) -> dict[str, list[float]]:
     return {column: [number(row.get(column)) for row in rows] for column in rows[0]}
 
 
+def _draw_learning_rate(axes, epochs: list[float], rates: list[float], marker: str | None) -> None:
+    """The learning rate, without inventing variation: a constant rate is a flat line with its one value written
+    out (matplotlib would otherwise stretch a 0.96-1.04 axis under a "1e-3" offset, as if it moved); a rate that
+    spans more than a factor 10 is drawn on a log axis; any other has every tick written in full, without offset."""
+    axes.plot(epochs, rates, marker=marker, markersize=3, color="tab:green")
+    finite = [rate for rate in rates if math.isfinite(rate)]
+    if not finite:
+        return
+    low, high = min(finite), max(finite)
+    if high - low <= 1e-9 * max(abs(high), abs(low)):
+        axes.yaxis.set_major_locator(FixedLocator([high]))
+        axes.yaxis.set_minor_locator(FixedLocator([]))
+        axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: _format_value(value)))
+        margin = abs(high) / 2 if high else 1.0
+        axes.set_ylim(high - margin, high + margin)
+        axes.set_title(f"Learning rate (constant {_format_value(high)})")
+        return
+    if low > 0 and high / low > 10:
+        axes.set_yscale("log")
+    else:
+        axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: _format_value(value)))
+
+
 def plot_training_curves(metrics: dict[str, list[float]]) -> Figure:
     """Loss, reconstruction and KL (train and validation) and the learning rate per epoch."""
     if "epoch" not in metrics:
@@ -336,14 +461,9 @@ def plot_training_curves(metrics: dict[str, list[float]]) -> Figure:
     for axes in grid.flat[len(terms) + 1 :]:
         axes.set_visible(False)
     rate_axes = grid.flat[len(terms)]
-    if "learning_rate" in metrics:
-        rates = metrics["learning_rate"]
-        rate_axes.plot(epochs, rates, marker=marker, markersize=3, color="tab:green")
-        if min(rates) > 0 and max(rates) / min(rates) > 10:
-            rate_axes.set_yscale("log")
-        else:
-            rate_axes.ticklabel_format(axis="y", style="sci", scilimits=(0, 0), useOffset=False)
     rate_axes.set_title("Learning rate")
+    if "learning_rate" in metrics:
+        _draw_learning_rate(rate_axes, epochs, metrics["learning_rate"], marker)
     for axes in grid.flat:
         axes.grid(True, alpha=0.3)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -354,27 +474,53 @@ def plot_training_curves(metrics: dict[str, list[float]]) -> Figure:
 
 
 # ---------------------------------------------------------------------------------------------- all at once
+def draw_figures(
+    model: HfVaePreTrainedModel,
+    data: ImageTensors,
+    metrics_csv: str | Path | None = None,
+    seed: int = 0,
+    caption: str | None = None,
+) -> dict[str, Figure]:
+    """The figures `save_figures` writes, as name -> `Figure`, each captioned with `caption` (default: the model's
+    `name_or_path`, else its class name)."""
+    devices = [model.device.index or 0] if model.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        return _draw_figures(model, data, metrics_csv, seed, caption)
+
+
 def save_figures(
     model: HfVaePreTrainedModel,
     data: ImageTensors,
     output_dir: str | Path,
     metrics_csv: str | Path | None = None,
     seed: int = 0,
+    caption: str | None = None,
 ) -> dict[str, Path]:
     """Write samples.png, reconstructions.png, latent_space.png, latent_manifold.png (2-D latents only),
     interpolation.png and training_curves.png (when `metrics_csv` exists) into `output_dir`; return name -> path.
 
-    `data` holds uint8 images (a test or validation split); they are shown binarised with `seed` when the model
-    was trained on binarised data. The model draws in eval mode and is handed back in the mode it came in, and the
+    `data` holds uint8 images (a test or validation split); they are shown binarised with `seed` (one Bernoulli
+    draw, which the reconstructions' title names) when the model was trained on binarised data. Every picture is
+    captioned with `caption`, e.g. "pretrained/mnist, epoch 12 (step 5520)"; without one, with the model's
+    `name_or_path` or class name. The model draws in eval mode and is handed back in the mode it came in, and the
     global RNG streams are left as they were, so a training run with pictures trains exactly as one without."""
-    devices = [model.device.index or 0] if model.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        return _save_figures(model, data, Path(output_dir), metrics_csv, seed)
+    figures = draw_figures(model, data, metrics_csv, seed, caption)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, figure in figures.items():
+        paths[name] = output_dir / f"{name}.png"
+        figure.savefig(paths[name], dpi=FIGURE_DPI)
+    return paths
 
 
-def _save_figures(
-    model: HfVaePreTrainedModel, data: ImageTensors, output_dir: Path, metrics_csv: str | Path | None, seed: int
-) -> dict[str, Path]:
+def _draw_figures(
+    model: HfVaePreTrainedModel,
+    data: ImageTensors,
+    metrics_csv: str | Path | None,
+    seed: int,
+    caption: str | None,
+) -> dict[str, Figure]:
     if len(data) < 2:
         raise DataError(f"Pictures need at least 2 images, got {len(data)}.")
     if model.config.num_classes is not None and data.labels is None:
@@ -382,29 +528,29 @@ def _save_figures(
             f"The model is conditional (num_classes={model.config.num_classes}): the images need labels to be "
             "encoded and reconstructed; pass a split with a label column."
         )
-    output_dir.mkdir(parents=True, exist_ok=True)
+    # One `seed` both binarises the images and is named in the reconstructions' title, so the title cannot
+    # claim another draw than the one shown.
     pixel_values = to_pixel_values(evaluation_images(data, model.config.binarize, seed).images)
     labels = data.labels
     figures: dict[str, Figure] = {}
     figures["samples"] = plot_samples(model, seed)
     binarized = model.config.binarize in ("dynamic", "static")
     title = (
-        f"Binarised images (seed {seed}) and their reconstructions (pixel probabilities)"
+        f"Binarised images (one Bernoulli draw, seed {seed}) and their reconstructions (pixel probabilities)"
         if binarized
         else "Images and their reconstructions (decoder means at the posterior mean)"
     )
     figures["reconstructions"] = plot_reconstructions(model, pixel_values, labels, title=title)
-    figures["latent_space"] = plot_latent_space(model, pixel_values, labels, seed)
+    figures["latent_space"] = plot_latent_space(model, pixel_values, labels, seed, projection="auto")
     if getattr(model.config, "latent_dim", None) == 2:
         figures["latent_manifold"] = plot_latent_manifold(model)
     figures["interpolation"] = plot_interpolation(model, pixel_values, labels, seed)
     if metrics_csv is not None and Path(metrics_csv).is_file():
         figures["training_curves"] = plot_training_curves(read_metrics(metrics_csv))
-    paths = {}
-    for name, figure in figures.items():
-        paths[name] = output_dir / f"{name}.png"
-        figure.savefig(paths[name], dpi=FIGURE_DPI)
-    return paths
+    caption = _default_caption(model) if caption is None else caption
+    for figure in figures.values():
+        _add_caption(figure, caption)
+    return figures
 
 
 # ---------------------------------------------------------------------------------------------- command line
@@ -429,9 +575,9 @@ class VisualizationArguments:
     cache_dir: str | None = field(default=None, metadata={"help": "`datasets` cache folder."})
 
 
-def _find_metrics(model: str, revision: str | None) -> str | None:
-    """The model's own metrics.csv: next to a local model, else from its Hub repo when it has one."""
-    local = Path(model).expanduser() / "metrics.csv"
+def _find_model_file(model: str, revision: str | None, name: str) -> str | None:
+    """A file written next to the model by `hf-vae train`: in a local model folder, else in its Hub repo."""
+    local = Path(model).expanduser() / name
     if local.is_file():
         return str(local)
     if Path(model).expanduser().exists():
@@ -439,10 +585,42 @@ def _find_metrics(model: str, revision: str | None) -> str | None:
     from huggingface_hub import hf_hub_download
 
     try:
-        return hf_hub_download(model, "metrics.csv", revision=revision)
+        return hf_hub_download(model, name, revision=revision)
     except (OSError, ValueError) as error:
-        logger.info("No metrics.csv for %s (%s): training_curves.png is skipped.", model, error)
+        logger.info("No %s for %s (%s).", name, model, error)
         return None
+
+
+def _find_metrics(model: str, revision: str | None) -> str | None:
+    """The model's own metrics.csv: next to a local model, else from its Hub repo when it has one."""
+    found = _find_model_file(model, revision, "metrics.csv")
+    if found is None:
+        logger.info("No metrics.csv for %s: training_curves.png is skipped.", model)
+    return found
+
+
+def command_caption(model: str, revision: str | None = None) -> str:
+    """The caption `hf-vae visualize` puts on its pictures: the --model argument (and revision) and, when the run's
+    train_results.json is there, the epoch and step of the weights (the best model `hf-vae train` kept)."""
+    caption = model if revision is None else f"{model}@{revision}"
+    found = _find_model_file(model, revision, "train_results.json")
+    if found is None:
+        return caption
+    try:
+        results = json.loads(Path(found).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        logger.info("Unreadable train_results.json for %s (%s): the pictures name no epoch.", model, error)
+        return caption
+    if not isinstance(results, dict):
+        return caption
+    epoch, step, epochs = results.get("best_epoch"), results.get("best_step"), results.get("epochs_completed")
+    if isinstance(epoch, int) and not isinstance(epoch, bool):
+        caption += f", best model of epoch {epoch}"
+        if isinstance(epochs, int) and not isinstance(epochs, bool):
+            caption += f" of {epochs}"
+        if isinstance(step, int) and not isinstance(step, bool):
+            caption += f" (step {step})"
+    return caption
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -468,7 +646,8 @@ def main(argv: list[str] | None = None) -> int:
             raise EvaluationError(f"--metrics_csv {metrics_csv!r} is not a file.")
         if metrics_csv is None:
             metrics_csv = _find_metrics(args.model, args.revision)
-        paths = save_figures(model, data, args.output_dir, metrics_csv, args.seed)
+        caption = command_caption(args.model, args.revision)
+        paths = save_figures(model, data, args.output_dir, metrics_csv, args.seed, caption=caption)
     except (EvaluationError, DataError) as error:
         print(f"hf-vae visualize: error: {error}", file=sys.stderr)
         return 1
@@ -480,7 +659,10 @@ def main(argv: list[str] | None = None) -> int:
 __all__ = [
     "FIGURE_DPI",
     "FIGURE_SIZES",
+    "PROJECTIONS",
     "VisualizationArguments",
+    "command_caption",
+    "draw_figures",
     "figure_pixel_size",
     "main",
     "plot_interpolation",

@@ -1,24 +1,32 @@
 """Pictures: every PNG is written at its promised pixel size and shows something; 2-D and higher-D latents,
-conditional models, training curves, and the `hf-vae visualize` command line."""
+conditional models, training curves, and the `hf-vae visualize` command line. Pictures tell the truth: each names
+its model, the reconstructions name the binarisation seed they show, a constant learning rate looks constant, LDA
+separates classes PCA cannot, and the manifold labels its first and last rows and columns."""
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import datasets
 import numpy as np
 import pytest
 import torch
+from matplotlib.text import Text
 from PIL import Image
 
-from hf_vae import VAEConfig, VAEModel
+from hf_vae import VAEConfig, VAEModel, visualization
 from hf_vae.data import DataError, ImageTensors, evaluation_images, to_pixel_values
 from hf_vae.visualization import (
     FIGURE_DPI,
+    command_caption,
+    draw_figures,
     figure_pixel_size,
+    plot_latent_manifold,
     plot_latent_space,
     plot_reconstructions,
     plot_samples,
@@ -131,16 +139,23 @@ def test_pictures_repeat_for_a_seed(model_2d, data, tmp_path):
         assert np.array_equal(np.asarray(Image.open(first[name])), np.asarray(Image.open(second[name])))
 
 
-def test_higher_dimensional_latent_is_projected_by_pca(data, tmp_path):
+def test_higher_dimensional_latent_is_projected(data, tmp_path):
     model = trained(small_config(latent_dim=5), data, steps=30)
     paths = save_figures(model, data, tmp_path, seed=0)
     assert set(paths) == ALL_FIGURES - {"latent_manifold", "training_curves"}
     assert not (tmp_path / "latent_manifold.png").exists()
-    figure = plot_latent_space(model, data.images.float() / 255, data.labels)
-    axes = figure.axes[0]
+    pixels = data.images.float() / 255
+    axes = plot_latent_space(model, pixels, data.labels).axes[0]  # "auto": labelled, 5-D -> LDA
+    assert "LDA" in axes.get_title() and "discriminant 1" in axes.get_xlabel()
+    axes = plot_latent_space(model, pixels, data.labels, projection="pca").axes[0]
     assert "PCA" in axes.get_title() and "principal component 1" in axes.get_xlabel()
-    two_d = plot_latent_space(trained(small_config(), data, steps=5), data.images.float() / 255, data.labels)
+    assert "% of the variance" in axes.get_title()
+    axes = plot_latent_space(model, pixels).axes[0]  # unlabelled: PCA
+    assert "PCA" in axes.get_title()
+    two_d = plot_latent_space(trained(small_config(), data, steps=5), pixels, data.labels)
     assert "PCA" not in two_d.axes[0].get_title() and two_d.axes[0].get_xlabel() == "z₁"
+    with pytest.raises(ValueError, match="projection"):
+        plot_latent_space(model, pixels, data.labels, projection="tsne")
 
 
 def test_conditional_samples_have_one_row_per_class(data, tmp_path):
@@ -179,17 +194,24 @@ def test_training_curves_from_metrics_csv(tmp_path):
         read_metrics(tmp_path / "empty.csv")
 
 
-def test_visualize_cli(model_2d, data, tmp_path):
-    model_dir = tmp_path / "model"
-    model_2d.save_pretrained(model_dir)
-    write_metrics(model_dir / "metrics.csv")  # found next to the model without --metrics_csv
+@pytest.fixture(scope="module")
+def dataset_dir(data, tmp_path_factory):
+    """The first 200 bars as a `save_to_disk` folder with a test split, as `hf-vae visualize` reads them."""
+    folder = tmp_path_factory.mktemp("bars") / "data"
     features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(num_classes=4)})
     rows = {"img": [Image.fromarray(image[0].numpy()) for image in data.images[:200]], "label": data.labels[:200]}
     test = datasets.Dataset.from_dict({"img": rows["img"], "label": rows["label"].tolist()}, features=features)
-    datasets.DatasetDict({"test": test}).save_to_disk(str(tmp_path / "data"))
+    datasets.DatasetDict({"test": test}).save_to_disk(str(folder))
+    return folder
+
+
+def test_visualize_cli(model_2d, dataset_dir, tmp_path):
+    model_dir = tmp_path / "model"
+    model_2d.save_pretrained(model_dir)
+    write_metrics(model_dir / "metrics.csv")  # found next to the model without --metrics_csv
     output = tmp_path / "pictures"
     command = [sys.executable, "-m", "hf_vae.cli", "visualize", "--model", str(model_dir)]
-    command += ["--dataset_name", str(tmp_path / "data"), "--output_dir", str(output), "--max_samples", "150"]
+    command += ["--dataset_name", str(dataset_dir), "--output_dir", str(output), "--max_samples", "150"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert completed.returncode == 0, completed.stderr
@@ -224,3 +246,181 @@ def test_colour_convolutional_model(tmp_path):
     for name, path in paths.items():
         with Image.open(path) as image:
             assert image.size == figure_pixel_size(name)
+
+
+# ---------------------------------------------------------------------------------------------- truthful pictures
+CAPTION = "pretrained/mnist, epoch 12 (step 5520)"
+
+
+def figure_texts(figure) -> list[str]:
+    """Every piece of text drawn on a figure: its own texts, suptitle and caption line, axes titles and labels."""
+    return [text.get_text() for text in figure.findobj(Text)]
+
+
+def write_constant_rate_metrics(path, rate: float = 1e-3, epochs: int = 6) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["epoch", "train_loss", "val_loss", "learning_rate"])
+        for epoch in range(1, epochs + 1):
+            writer.writerow([epoch, 100 / epoch, 101 / epoch, rate])
+
+
+def rate_panel(figure):
+    return next(axes for axes in figure.axes if axes.get_title().startswith("Learning rate"))
+
+
+def test_every_figure_names_its_model(model_2d, data, tmp_path):
+    metrics = tmp_path / "metrics.csv"
+    write_metrics(metrics)
+    figures = draw_figures(model_2d, data, metrics_csv=metrics, seed=0, caption=CAPTION)
+    assert set(figures) == ALL_FIGURES
+    for name, figure in figures.items():
+        assert CAPTION in figure_texts(figure), name
+    # Without a caption: where the model was loaded from, else its class.
+    assert "VAEModel" in figure_texts(draw_figures(model_2d, data, seed=0)["samples"])
+    model_2d.save_pretrained(tmp_path / "model")
+    loaded = VAEModel.from_pretrained(tmp_path / "model")
+    for figure in draw_figures(loaded, data, seed=0).values():
+        assert str(tmp_path / "model") in figure_texts(figure)
+    # The caption does not change the pictures' pixel sizes.
+    paths = save_figures(model_2d, data, tmp_path / "figures", metrics_csv=metrics, caption="x" * 300)
+    for name, path in paths.items():
+        assert_picture(path, name)
+
+
+def test_visualize_names_the_model_and_epoch(model_2d, dataset_dir, tmp_path, monkeypatch):
+    model_dir = tmp_path / "model"
+    model_2d.save_pretrained(model_dir)
+    assert command_caption(str(model_dir)) == str(model_dir)
+    results = {"epochs_completed": 14, "best_epoch": 12, "best_step": 5520}
+    (model_dir / "train_results.json").write_text(json.dumps(results))
+    expected = f"{model_dir}, best model of epoch 12 of 14 (step 5520)"
+    assert command_caption(str(model_dir)) == expected
+    captions = []
+
+    def spy(*args, **kwargs):
+        captions.append(kwargs.get("caption"))
+        return save_figures(*args, **kwargs)
+
+    monkeypatch.setattr(visualization, "save_figures", spy)
+    arguments = ["--model", str(model_dir), "--dataset_name", str(dataset_dir), "--output_dir", str(tmp_path / "out")]
+    assert visualization.main(arguments + ["--max_samples", "40"]) == 0
+    assert captions == [expected]
+    (model_dir / "train_results.json").write_text("{damaged")
+    assert command_caption(str(model_dir)) == str(model_dir)
+
+
+def test_reconstructions_title_names_the_seed_that_binarised(data):
+    model = trained(small_config(binarize="dynamic"), data, steps=5)
+    shown = ImageTensors(data.images[:10] // 2, data.labels[:10])  # grey bars: each seed draws other pixels
+    for seed in (0, 7):
+        axes = draw_figures(model, shown, seed=seed)["reconstructions"].axes[0]
+        assert f"seed {seed})" in axes.get_title()
+        grid = axes.images[0].get_array()
+        expected = evaluation_images(shown, "dynamic", seed).images.float() / 255
+        cell = IMAGE_SIZE + 2
+        for index in range(10):
+            originals = grid[2 : 2 + IMAGE_SIZE, 2 + index * cell : 2 + index * cell + IMAGE_SIZE]
+            assert np.array_equal(originals, expected[index, 0].numpy()), (seed, index)
+    first = evaluation_images(shown, "dynamic", 0).images
+    assert not torch.equal(first, evaluation_images(shown, "dynamic", 7).images)  # the seed matters
+
+
+def test_constant_learning_rate_is_drawn_flat(tmp_path):
+    for rate in (1e-3, 2.5e-4):
+        write_constant_rate_metrics(tmp_path / "metrics.csv", rate)
+        figure = plot_training_curves(read_metrics(tmp_path / "metrics.csv"))
+        figure.draw_without_rendering()
+        axes = rate_panel(figure)
+        assert axes.yaxis.get_offset_text().get_text() == ""
+        assert axes.get_yticks().tolist() == [rate]
+        assert [label.get_text() for label in axes.get_yticklabels()] == [f"{rate:.1e}".replace(".0e", "e")]
+        low, high = axes.get_ylim()
+        assert low < rate < high and high - low >= rate  # no 0.96-1.04 magnification
+    # Round-off in a CSV (a relative spread below 1e-9) is still constant.
+    metrics = read_metrics(tmp_path / "metrics.csv")
+    metrics["learning_rate"] = [1e-3, 1e-3 * (1 + 1e-12), 1e-3, 1e-3, 1e-3, 1e-3]
+    axes = rate_panel(plot_training_curves(metrics))
+    assert axes.get_yticks().tolist() == [pytest.approx(1e-3, rel=1e-9)]
+    assert [label.get_text() for label in axes.get_yticklabels()] == ["1e-03"]
+
+
+def test_varying_learning_rate_has_full_tick_labels(tmp_path):
+    write_metrics(tmp_path / "metrics.csv", epochs=5)  # 1e-3 halved every other epoch: a ratio of 4
+    figure = plot_training_curves(read_metrics(tmp_path / "metrics.csv"))
+    figure.draw_without_rendering()
+    axes = rate_panel(figure)
+    assert axes.get_yscale() == "linear" and axes.yaxis.get_offset_text().get_text() == ""
+    labels = [label.get_text() for label in axes.get_yticklabels()]
+    assert len(labels) > 1 and "5e-04" in labels
+    metrics = read_metrics(tmp_path / "metrics.csv")
+    metrics["learning_rate"] = [1e-2, 1e-3, 1e-4, 1e-5, 1e-5]
+    assert rate_panel(plot_training_curves(metrics)).get_yscale() == "log"
+
+
+class IdentityEncoder(torch.nn.Module):
+    """A stand-in model whose posterior mean is its input, so that projections are tested on chosen latents."""
+
+    device = torch.device("cpu")
+
+    def encode(self, pixel_values, labels=None):
+        return SimpleNamespace(latent_dist=SimpleNamespace(mode=lambda: pixel_values))
+
+
+def separation(points: np.ndarray, labels: np.ndarray) -> float:
+    """Between-class over within-class variance (traces of the scatters) of 2-D points."""
+    centre = points.mean(0)
+    between = within = 0.0
+    for label in np.unique(labels):
+        members = points[labels == label]
+        between += len(members) * ((members.mean(0) - centre) ** 2).sum()
+        within += ((members - members.mean(0)) ** 2).sum()
+    return between / within
+
+
+def latents_with_hidden_classes(per_class: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    """8-D latents of three classes that differ only along the two lowest-variance axes (means on a triangle of
+    radius 1, spread 0.3), the other six axes pure noise of spread 3: PCA looks at the noise."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat_interleave(per_class)
+    angles = labels.double() * 2 * torch.pi / 3
+    latents = torch.randn(3 * per_class, 8, generator=generator, dtype=torch.float64)
+    latents[:, :6] *= 3.0
+    latents[:, 6:] = 0.3 * latents[:, 6:] + torch.stack([angles.cos(), angles.sin()], dim=1)
+    rotation, _ = torch.linalg.qr(torch.randn(8, 8, generator=generator, dtype=torch.float64))
+    return (latents @ rotation).float(), labels  # rotated: the separating plane is no coordinate plane
+
+
+def test_lda_separates_classes_that_pca_misses():
+    latents, labels = latents_with_hidden_classes()
+    model = IdentityEncoder()
+    measured = {}
+    for projection in ("pca", "lda", "auto"):
+        figure = plot_latent_space(model, latents, labels, projection=projection)
+        points = np.asarray(figure.axes[0].collections[0].get_offsets())
+        assert points.shape == (len(latents), 2)
+        measured[projection] = separation(points, labels.numpy())
+    assert "LDA" in plot_latent_space(model, latents, labels).axes[0].get_title()
+    # The classes' own separation is 0.5 / 0.09 ~ 5.6 in their plane; PCA's plane of noise shows almost none.
+    assert measured["lda"] > 3.0, measured
+    assert measured["pca"] < 0.1, measured
+    assert measured["auto"] == measured["lda"]
+    # Two classes give one discriminant, not two: LDA falls back to PCA and says so.
+    two = labels < 2
+    axes = plot_latent_space(model, latents[two], labels[two], projection="lda").axes[0]
+    assert "PCA" in axes.get_title() and "LDA needs labels of 3 or more classes" in axes.get_title()
+
+
+def test_manifold_labels_first_and_last_rows_and_columns(model_2d):
+    cell = IMAGE_SIZE + 2
+    first, last = 2 + (IMAGE_SIZE - 1) / 2, 2 + 19 * cell + (IMAGE_SIZE - 1) / 2
+    axes = plot_latent_manifold(model_2d, steps=20).axes[0]
+    x_labels = [label.get_text() for label in axes.get_xticklabels()]
+    y_labels = [label.get_text() for label in axes.get_yticklabels()]
+    assert len(x_labels) == len(y_labels) == 20  # every row and column
+    assert (x_labels[0], x_labels[-1], y_labels[0], y_labels[-1]) == ("-1.96", "1.96", "1.96", "-1.96")
+    assert axes.get_xticks()[[0, -1]].tolist() == axes.get_yticks()[[0, -1]].tolist() == [first, last]
+    axes = plot_latent_manifold(model_2d, steps=40).axes[0]  # too many to label: an even subset with both ends
+    ticks = axes.get_xticks().tolist()
+    assert 5 <= len(ticks) < 40 and ticks[0] == first and ticks[-1] == 2 + 39 * cell + (IMAGE_SIZE - 1) / 2
+    assert axes.get_yticks().tolist() == ticks

@@ -1,28 +1,63 @@
-"""hf-vae: Variational Autoencoders native to the Hugging Face ecosystem."""
+"""hf-vae: Variational Autoencoders native to the Hugging Face ecosystem.
 
-from transformers import AutoConfig, AutoModel
+`import hf_vae` registers every family with transformers' `AutoConfig` / `AutoModel` (so that
+`AutoModel.from_pretrained(folder)` works without `trust_remote_code`) and exposes the classes. The `hf-vae` command
+skips that import-time work until a command runs, so that `hf-vae --help` starts at once: the names below are loaded
+on first use either way.
+"""
 
-from .configuration_vae import PRESETS, VAEConfig
-from .families import FAMILIES, config_class, model_class
-from .modeling_vae import VAEDecoderOutput, VAEEncoderOutput, VAEModel, VAEOutput, VAEPreTrainedModel
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
 
 __version__ = "0.1.0"
 
-for _model_type in FAMILIES:
-    _config, _model = config_class(_model_type), model_class(_model_type)
-    AutoConfig.register(_model_type, _config, exist_ok=True)
-    AutoModel.register(_config, _model, exist_ok=True)
-    # Saved folders carry their code and an `auto_map`, so `trust_remote_code=True` loads them without hf-vae.
-    _config.register_for_auto_class()
-    _model.register_for_auto_class("AutoModel")
+_EXPORTS = {
+    "PRESETS": "configuration_vae",
+    "VAEConfig": "configuration_vae",
+    "VAEModel": "modeling_vae",
+    "VAEPreTrainedModel": "modeling_vae",
+    "VAEOutput": "modeling_vae",
+    "VAEEncoderOutput": "modeling_vae",
+    "VAEDecoderOutput": "modeling_vae",
+}
+_registered = False
 
-__all__ = [
-    "PRESETS",
-    "VAEConfig",
-    "VAEDecoderOutput",
-    "VAEEncoderOutput",
-    "VAEModel",
-    "VAEOutput",
-    "VAEPreTrainedModel",
-    "__version__",
-]
+
+def register_families() -> None:
+    """Register every family of `families.FAMILIES` with the Auto classes, and mark its classes so that
+    `save_pretrained` writes their code and an `auto_map` (what `trust_remote_code` needs). Idempotent."""
+    global _registered
+    if _registered:
+        return
+    from transformers import AutoConfig, AutoModel
+
+    from .families import FAMILIES, config_class, model_class
+
+    for model_type in FAMILIES:
+        config, model = config_class(model_type), model_class(model_type)
+        AutoConfig.register(model_type, config, exist_ok=True)
+        AutoModel.register(config, model, exist_ok=True)
+        config.register_for_auto_class()
+        model.register_for_auto_class("AutoModel")
+    _registered = True
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        register_families()
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'hf_vae' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+if Path(sys.argv[0] if sys.argv else "").name != "hf-vae":  # the library, not the command: register now
+    register_families()
+
+__all__ = [*_EXPORTS, "__version__", "register_families"]

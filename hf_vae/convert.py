@@ -21,7 +21,6 @@ import os
 import pickle
 import re
 import shutil
-import sys
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping
@@ -47,7 +46,6 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import validate_repo_id
 from huggingface_hub.utils.sha import sha_fileobj
 from torch import nn
-from transformers import HfArgumentParser
 
 from . import __version__
 from .configuration_vae import VAEConfig
@@ -144,27 +142,6 @@ class ConversionResult:
     output_dir: Path
     sha256: str
     differences: dict[str, float]
-
-
-@dataclass
-class ConvertArguments:
-    """Options of `hf-vae convert SOURCE` (SOURCE: a local `.pth` file, a local folder or a Hub repo id)."""
-
-    output_dir: str = field(metadata={"help": "Folder to write the converted model to (must not exist or be empty)."})
-    filename: str = field(
-        default=DEFAULT_FILENAME,
-        metadata={"help": "Checkpoint path inside SOURCE when SOURCE is a Hub repo id or a local folder."},
-    )
-    revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit (default: main)."})
-    token: str | None = field(default=None, metadata={"help": "Hub token (default: HF_TOKEN or your saved login)."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Hub cache folder (default: HF_HUB_CACHE)."})
-    beta: float | None = field(
-        default=None,
-        metadata={"help": "KL weight to record for a bare state dict, which does not carry one (default 1.0)."},
-    )
-    overwrite: bool = field(
-        default=False, metadata={"help": "Replace the whole of a non-empty --output_dir with the converted model."}
-    )
 
 
 # ---------------------------------------------------------------------------------------------- the source
@@ -580,43 +557,13 @@ def _format(differences: Mapping[str, float]) -> str:
     return ", ".join(f"{key} {value:.3g}" for key, value in differences.items())
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = HfArgumentParser(
-        ConvertArguments,
-        prog="hf-vae convert",
-        description="Convert a tutorial `best_vae_model.pth` checkpoint into an hf-vae model folder.",
-    )
-    parser.add_argument(
-        "source", metavar="SOURCE", help="A tutorial checkpoint: a local .pth file, a local folder or a Hub repo id."
-    )
-    args, extra = parser.parse_args_into_dataclasses(args=argv)
-    try:
-        checkpoint_path, source = resolve_source(extra.source, args.filename, args.revision, args.token, args.cache_dir)
-        result = convert_checkpoint(
-            checkpoint_path, args.output_dir, source=source, beta=args.beta, overwrite=args.overwrite
-        )
-    except (ConversionError, OSError) as error:
-        print(f"hf-vae convert: error: {error}", file=sys.stderr)
-        return 1
-    checkpoint = result.checkpoint
-    print(f"Read {checkpoint_path} ({checkpoint.layout}, sha256 {result.sha256})")
-    print("Tutorial arguments: " + ", ".join(f"{key}={value}" for key, value in checkpoint.arguments.items()))
-    if checkpoint.ignored_entries:
-        print(f"Ignored top-level entries (not part of the model): {checkpoint.ignored_entries}")
-    print(f"Max |difference| vs the tutorial's network, eval mode: {_format(result.differences)}")
-    print(f"Wrote {result.output_dir}; load it with `VAEModel.from_pretrained({str(result.output_dir)!r})`.")
-    return 0
-
-
 __all__ = [
     "ConversionError",
     "ConversionResult",
-    "ConvertArguments",
     "TutorialVAE",
     "conversion_record",
     "convert_checkpoint",
     "convert_state_dict",
-    "main",
     "read_tutorial_checkpoint",
     "resolve_source",
     "vae_config_from_tutorial",

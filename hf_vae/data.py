@@ -388,6 +388,14 @@ def decode_split(
         except Exception as error:  # a damaged cache is rebuilt, never trusted
             logger.warning("Ignoring unreadable decoded-image cache %s (%s); decoding again.", cache_path, error)
 
+    split = getattr(dataset, "split", None)
+    logger.info(
+        "Decoding %d images of the %s split once (column %r)%s.",
+        len(dataset),
+        split or "given",
+        image_column,
+        ", cached for next time" if cache_path is not None else "",
+    )
     raw = _raw_images(dataset, image_column)
     arrays = _decode_rows(raw, image_column, {1: "L", 3: "RGB"}.get(num_channels), image_size)
     shapes = {array.shape for array in arrays}

@@ -12,21 +12,17 @@ for a dataset split or a folder of images, flagged against a threshold fit on th
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
-from transformers import HfArgumentParser
 
 from .data import (
     DataError,
@@ -48,7 +44,7 @@ from .estimators import (
     log_likelihood,
     negative_elbo,
 )
-from .families import load_pretrained
+from .families import check_model_location, load_pretrained
 from .modeling_utils import evaluating
 
 logger = logging.getLogger(__name__)
@@ -65,10 +61,14 @@ def load_model(model_name_or_path: str, revision: str | None = None, device: str
     """A trained model of any hf-vae family from a local folder or a Hub repo id (the Hub cache and
     `HF_HUB_OFFLINE` apply), in eval mode on `device`."""
     try:
+        check_model_location(model_name_or_path, revision)
+    except OSError as error:
+        raise EvaluationError(str(error)) from None
+    try:
         model = load_pretrained(model_name_or_path, revision=revision)
     except Exception as error:  # loading only reads the model's files: any failure means they are damaged
         raise EvaluationError(
-            f"Could not load a hf-vae model from {model_name_or_path!r}: {error}\nPass a folder written by "
+            f"Could not load a hf-vae model from {model_name_or_path!r}: {error} Pass a folder written by "
             "`hf-vae train` / `save_pretrained` (config.json and model.safetensors) or a Hub repo id."
         ) from error
     return model.to(device).eval()
@@ -375,64 +375,7 @@ def write_scores_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- command line
-@dataclass
-class EvaluationArguments:
-    """Options of `hf-vae evaluate`."""
-
-    model: str = field(metadata={"help": "A folder written by `hf-vae train` / `save_pretrained`, or a Hub repo id."})
-    revision: str | None = field(default=None, metadata={"help": "Branch, tag or commit of a Hub model."})
-    dataset_name: str | None = field(
-        default=None, metadata={"help": "Hub dataset id, a local copy of one, or a `save_to_disk` folder."}
-    )
-    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration name."})
-    split: str = field(default="test", metadata={"help": "Split to evaluate (and to score for anomalies)."})
-    image_column: str | None = field(default=None, metadata={"help": "Image column (detected when there is one)."})
-    label_column: str | None = field(default=None, metadata={"help": "Label column (detected when there is one)."})
-    iwae_samples: int = field(default=1000, metadata={"help": "K, posterior samples of the IWAE estimate."})
-    elbo_samples: int = field(default=10, metadata={"help": "Posterior samples averaged in the negative ELBO."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate only the first N images."})
-    batch_size: int = field(default=100, metadata={"help": "Images per batch (each IWAE batch decodes K of each)."})
-    max_batch_elements: int = field(
-        default=DEFAULT_MAX_BATCH_ELEMENTS, metadata={"help": "Decoded pixels held at once by the IWAE estimate."}
-    )
-    seed: int = field(default=0, metadata={"help": "Seeds the test-set binarisation and every posterior draw."})
-    output: str | None = field(default=None, metadata={"help": "Write the figures to this JSON file."})
-    device: str | None = field(default=None, metadata={"help": "cpu or cuda (default: cuda when available)."})
-    cache_dir: str | None = field(default=None, metadata={"help": "`datasets` cache folder."})
-    anomaly_scores_output: str | None = field(
-        default=None,
-        metadata={"help": "Write per-image anomaly scores (CSV) of --image_folder, or else of the evaluated split."},
-    )
-    image_folder: str | None = field(default=None, metadata={"help": "Score every image file under this folder."})
-    anomaly_method: Literal["elbo", "iwae"] = field(
-        default="elbo", metadata={"help": "Score: negative ELBO (fast) or IWAE estimate of -log p(x)."}
-    )
-    anomaly_samples: int | None = field(
-        default=None, metadata={"help": "Posterior samples per score (default 16 for elbo, 1000 for iwae)."}
-    )
-    threshold: float | None = field(default=None, metadata={"help": "Flag scores above this value."})
-    threshold_split: str | None = field(
-        default="train",
-        metadata={"help": "Without --threshold, fit one on this split of --dataset_name ('none' to skip)."},
-    )
-    threshold_quantile: float = field(default=0.99, metadata={"help": "Quantile of the normal scores to flag above."})
-    max_threshold_samples: int | None = field(
-        default=10000, metadata={"help": "Fit the threshold on the first N images of --threshold_split."}
-    )
-
-
-def _check_arguments(args: EvaluationArguments) -> None:
-    if args.dataset_name is None and args.image_folder is None:
-        raise EvaluationError("Nothing to evaluate: pass --dataset_name (and --split) or --image_folder DIR.")
-    if args.image_folder is not None and args.anomaly_scores_output is None:
-        raise EvaluationError("--image_folder scores images: pass --anomaly_scores_output FILE.csv for the scores.")
-    if args.iwae_samples < 1 or args.elbo_samples < 1 or args.batch_size < 1:
-        raise EvaluationError("--iwae_samples, --elbo_samples and --batch_size must be positive integers.")
-    if args.output is not None and args.dataset_name is None:
-        raise EvaluationError("--output writes dataset figures: pass --dataset_name too.")
-
-
-def _fit_threshold(args: EvaluationArguments, model: torch.nn.Module, use_labels: bool) -> dict[str, Any] | None:
+def _fit_threshold(args: Any, model: torch.nn.Module, use_labels: bool) -> dict[str, Any] | None:
     """The threshold to flag anomalies with: given, fit on the threshold split's scores, or none."""
     if args.threshold is not None:
         return {"threshold": args.threshold, "source": "--threshold"}
@@ -460,7 +403,7 @@ def _fit_threshold(args: EvaluationArguments, model: torch.nn.Module, use_labels
         args.anomaly_method,
         args.anomaly_samples,
         args.seed,
-        args.batch_size,
+        args.per_device_eval_batch_size,
         progress=True,
     )
     return {
@@ -485,7 +428,7 @@ def _score_rows(
 
 
 def run_anomaly_scoring(
-    args: EvaluationArguments, model: torch.nn.Module, data: ImageTensors | None = None
+    args: Any, model: torch.nn.Module, data: ImageTensors | None = None
 ) -> dict[str, Any]:
     """Score --image_folder (else the evaluated split `data`), flag against the threshold, write the CSV."""
     folder = args.image_folder is not None
@@ -503,7 +446,14 @@ def run_anomaly_scoring(
     binarized = evaluation_images(ImageTensors(images, labels), model.config.binarize, args.seed)
     pixel_values = to_pixel_values(binarized.images)
     scores = anomaly_scores(
-        model, pixel_values, labels, args.anomaly_method, args.anomaly_samples, args.seed, args.batch_size, True
+        model,
+        pixel_values,
+        labels,
+        args.anomaly_method,
+        args.anomaly_samples,
+        args.seed,
+        args.per_device_eval_batch_size,
+        progress=True,
     )
     rows, flagged = _score_rows(scores, limit, keys)
     path = write_scores_csv(args.anomaly_scores_output, rows)
@@ -546,73 +496,9 @@ def format_summary(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`hf-vae evaluate`: figures of a model on a dataset split (JSON + summary) and/or anomaly scores."""
-    parser = HfArgumentParser(EvaluationArguments)
-    (args,) = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        _check_arguments(args)
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = load_model(args.model, args.revision, device)
-        data = None
-        results: dict[str, Any] = {}
-        evaluate = args.dataset_name is not None and (args.output is not None or args.anomaly_scores_output is None)
-        if args.dataset_name is not None and (evaluate or args.image_folder is None):
-            data = load_split(
-                args.dataset_name,
-                model.config,
-                args.split,
-                args.dataset_config_name,
-                args.image_column,
-                args.label_column,
-                args.max_eval_samples,
-                args.cache_dir,
-            )
-        if evaluate:
-            results = {
-                "model": args.model,
-                "revision": args.revision,
-                "dataset": args.dataset_name,
-                "dataset_config": args.dataset_config_name,
-                "split": args.split,
-            }
-            results.update(
-                evaluate_model(
-                    model,
-                    data,
-                    args.iwae_samples,
-                    args.elbo_samples,
-                    args.seed,
-                    args.batch_size,
-                    args.max_batch_elements,
-                    progress=True,
-                )
-            )
-            print(format_summary(results))
-        if args.anomaly_scores_output is not None:
-            report = run_anomaly_scoring(args, model, data)
-            results["anomaly"] = report
-            flagged = f", {report['num_flagged']} above {report['threshold']:.3f}" if "threshold" in report else ""
-            print(
-                f"anomaly scores ({report['method']}, {report['num_samples']} samples) of {report['num_images']} "
-                f"images{flagged} -> {report['scores_csv']}"
-            )
-        if args.output is not None:
-            output = Path(args.output)
-            output.parent.mkdir(parents=True, exist_ok=True)
-            output.write_text(json.dumps(results, indent=2) + "\n")
-            print(f"figures written to {output}")
-    except (EvaluationError, DataError) as error:
-        print(f"hf-vae evaluate: error: {error}", file=sys.stderr)
-        return 1
-    return 0
-
-
 __all__ = [
     "ANOMALY_METHODS",
-    "EvaluationArguments",
-    "EvaluationError",
+        "EvaluationError",
     "active_units",
     "anomaly_scores",
     "evaluate_model",
@@ -621,7 +507,6 @@ __all__ = [
     "load_image_folder",
     "load_model",
     "load_split",
-    "main",
     "per_image_figures",
     "summarize_figures",
 ]

@@ -60,13 +60,52 @@ def model_type_of(path: str | os.PathLike) -> str | None:
         return None
 
 
+def check_model_location(name_or_path: str | os.PathLike, revision: str | None = None) -> None:
+    """A path that exists is a local model; one that looks like a path (`./x`, `/x`, `x/`, `~/x`, `a/b/c`) and does
+    not exist is an error naming it, at once; anything else is a Hub repo id, and a Hub that cannot be reached is one
+    sentence naming both possibilities, instead of a screen of download retries."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise OSError(f"{text!r} is a file, not a model folder: pass the folder holding config.json.")
+        return
+    if text.startswith((".", "/", "~")) or text.endswith(("/", os.sep)) or text.count("/") > 1:
+        raise OSError(f"No model folder {text!r}: that path does not exist. Check it, or pass a Hub repo OWNER/NAME.")
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        if constants.HF_HUB_OFFLINE or try_to_load_from_cache(text, "config.json", revision=revision) is not None:
+            return  # offline, or already downloaded: transformers reads the Hub cache
+        model_info(text, revision=revision, timeout=10)
+    except HFValidationError:
+        raise OSError(f"No model folder {text!r} here, and it is not a Hub repo id OWNER/NAME: check it.") from None
+    except RevisionNotFoundError:
+        raise OSError(f"The Hub repo {text!r} has no revision {revision!r}: check --revision.") from None
+    except RepositoryNotFoundError:
+        raise OSError(
+            f"No model folder {text!r} here, and no Hub repo {text!r} you can access: check the name (private repos "
+            "need `hf auth login` or HF_TOKEN)."
+        ) from None
+    except Exception as error:  # noqa: BLE001 - any failure to reach the Hub: say so once, without retries
+        reason = " ".join(str(error).split())[:160] or type(error).__name__
+        raise OSError(
+            f"No model folder {text!r} here, and the Hub ({constants.ENDPOINT}) cannot be reached to look for a repo "
+            f"of that name ({reason}). Check the path, or your connection (HF_HUB_OFFLINE=1 uses the local cache)."
+        ) from None
+
+
 def load_pretrained(name_or_path: str | os.PathLike, **kwargs: Any):
     """A saved model of any family, from a folder or a Hub repo id, through its family's strict `from_pretrained`
-    (transformers' AutoModel resolves the family from config.json's model_type)."""
+    (transformers' AutoModel resolves the family from config.json's model_type). Where the model is is checked first
+    (`check_model_location`)."""
     from transformers import AutoConfig
 
-    import hf_vae  # noqa: F401  (registers every family with the Auto classes)
+    import hf_vae
 
+    hf_vae.register_families()
+    check_model_location(name_or_path, kwargs.get("revision"))
     model_type = model_type_of(name_or_path)
     if model_type is None:
         model_type = AutoConfig.from_pretrained(name_or_path, **kwargs).model_type

@@ -17,16 +17,13 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import validate_repo_id
-from transformers import HfArgumentParser
 
 from .families import auto_map, model_type_of, remote_code_files
 from .model_card import CARD_NAME, PICTURES, build_model_card
@@ -239,56 +236,3 @@ def push_model(model: Any, repo_id: str, **kwargs: Any) -> CommitInfo:
             token=kwargs.get("token") if isinstance(kwargs.get("token"), str) else None,
             endpoint=kwargs.get("endpoint"),
         )
-
-
-@dataclass
-class PushArguments:
-    """`hf-vae push`: upload a trained model folder, with a generated model card, to a Hub model repo."""
-
-    model_dir: str = field(metadata={"help": "The model folder, as written by `hf-vae train --output_dir`."})
-    repo_id: str = field(metadata={"help": "The Hub repo, `user/name` or `org/name`; created if missing."})
-    private: bool = field(default=False, metadata={"help": "Create the repo as private (if it does not exist)."})
-    revision: str | None = field(
-        default=None, metadata={"help": "Branch to commit to, created from main if missing; unset means main."}
-    )
-    commit_message: str | None = field(default=None, metadata={"help": "The commit message."})
-    create_pr: bool = field(default=False, metadata={"help": "Open a pull request instead of committing directly."})
-    token: str | None = field(
-        default=None,
-        metadata={
-            "help": "A token with write access. Prefer `hf auth login` or HF_TOKEN: a token on the command line is "
-            "visible to other users of the machine and lands in your shell history."
-        },
-    )
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = HfArgumentParser(PushArguments)
-    parser.prog = "hf-vae push"
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
-    try:
-        commit = push_to_hub(
-            args.model_dir,
-            args.repo_id,
-            private=args.private,
-            revision=args.revision,
-            commit_message=args.commit_message,
-            create_pr=args.create_pr,
-            token=args.token,
-        )
-    except (HubPushError, ValueError) as error:
-        print(f"hf-vae push: error: {error}", file=sys.stderr)
-        return 1
-    repo_id = commit.repo_url.repo_id
-    print(f"Pushed {args.model_dir} to {commit.repo_url} (commit {commit.oid[:8]}): {commit.commit_url}")
-    if (Path(args.model_dir) / CARD_NAME).is_file():
-        print(f"The repo's {CARD_NAME} is the generated model card; the folder's own {CARD_NAME} was not uploaded.")
-    if commit.pr_url:
-        print(f"Pull request: {commit.pr_url}")
-    pin = f', revision="{args.revision}"' if args.revision and not args.create_pr else ""
-    print(f'Load it with: VAEModel.from_pretrained("{repo_id}"{pin})')
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

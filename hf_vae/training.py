@@ -27,14 +27,12 @@ import datasets
 import torch
 import transformers
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.logging import get_logger
 from accelerate.utils import DistributedType, ProjectConfiguration, broadcast, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .checkpointing import (
     CHECKPOINTS_DIR,
-    CheckpointError,
     LoopState,
     check_checkpoint_folder,
     load_checkpoint,
@@ -45,7 +43,6 @@ from .checkpointing import (
     save_model_atomically,
 )
 from .data import (
-    DataError,
     ImageTensorDataset,
     ImageTensors,
     binarization_seed,
@@ -62,7 +59,6 @@ from .training_args import (
     DataArguments,
     ModelArguments,
     TrainingArguments,
-    parse_args,
     resolve_defaults,
     save_arguments,
 )
@@ -76,9 +72,9 @@ from .training_metrics import (
     write_metrics,
 )
 from .training_setup import (
-    TrainingSetupError,
     build_model,
     check_data,
+    check_model_options,
     check_output_dir,
     check_world_size,
     load_data,
@@ -86,7 +82,7 @@ from .training_setup import (
     with_image_shape_of,
 )
 
-logger = get_logger(__name__)
+logger = logging.getLogger(__name__)
 
 # The test split is binarised (for binarised models) and z drawn with this seed, as `hf-vae evaluate` does.
 EVALUATION_SEED = 0
@@ -113,7 +109,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     is_main = accelerator.is_main_process
-    print(f"hf-vae rank {accelerator.process_index} of {accelerator.num_processes}", file=sys.stderr, flush=True)
+    if accelerator.num_processes > 1:
+        print(f"hf-vae rank {accelerator.process_index} of {accelerator.num_processes}\n", end="", file=sys.stderr)
     check_world_size(accelerator)
     check_output_dir(args, output_dir)
     resume_from = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
@@ -121,13 +118,15 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         check_checkpoint_folder(resume_from)
         read_loop_state(resume_from)
     if args.resume_from_checkpoint == "latest" and resume_from is None:
-        logger.warning(f"No complete checkpoint in {output_dir / CHECKPOINTS_DIR}: starting from scratch.")
+        if is_main:
+            logger.warning(f"No complete checkpoint in {output_dir / CHECKPOINTS_DIR}: starting from scratch.")
     accelerator.wait_for_everyone()
     _quiet_libraries(is_main)
     set_seed(args.seed)
 
     # 2. Data, then the model: a new one takes the data's image shape unless given. Binarised models train on a
     # fresh Bernoulli draw per batch (dynamic) or one fixed draw (static), and validate on one fixed draw.
+    check_model_options(model_args)
     splits = load_data(data_args, model_args, args.seed, accelerator)
     model_args = with_image_shape_of(model_args, splits.train)
     model = build_model(model_args)
@@ -142,7 +141,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         if args.overwrite_output_dir and args.resume_from_checkpoint is None:
-            shutil.rmtree(output_dir / CHECKPOINTS_DIR, ignore_errors=True)
+            _remove_previous_run(output_dir)
         remove_stale_staging(output_dir)
         save_arguments((model_args, data_args, args), output_dir / "training_args.json")
 
@@ -187,8 +186,14 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     state = LoopState(kl_weight=kl_weight_at(0, args.kl_warmup_steps))
     if resume_from is not None:
         state = load_checkpoint(accelerator, resume_from)
-        logger.info(f"Resumed from {resume_from}: epoch {state.epoch + 1}, step {state.global_step}.")
+        if is_main:
+            logger.info(f"Resumed from {resume_from}: epoch {state.epoch + 1}, step {state.global_step}.")
     last_checkpoint = resume_from
+    if state.global_step >= max_steps and is_main:
+        logger.info(
+            f"{resume_from} is the end of the run ({state.global_step} of {max_steps} steps): nothing left to train; "
+            "writing the results again."
+        )
     if trackers:
         accelerator.init_trackers("hf-vae", config=tracker_config(asdict(args), config))
     binarize_generator = torch.Generator(device=accelerator.device) if dynamic else None
@@ -202,12 +207,13 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         disable=not is_main or args.disable_tqdm or not sys.stderr.isatty(),
         dynamic_ncols=True,
     )
-    logger.info(
-        f"Training on {len(train_data)} images ({batches_per_epoch} batches of {args.per_device_train_batch_size} per "
-        f"process, {accelerator.num_processes} process(es), {accelerator.device}), validating on {len(validation)}; "
-        f"{num_epochs} epoch(s), {max_steps} optimiser steps.",
-        main_process_only=True,
-    )
+    if is_main:
+        logger.info(
+            f"Training on {len(train_data)} images ({batches_per_epoch} batches of "
+            f"{args.per_device_train_batch_size} per process, {accelerator.num_processes} process(es), "
+            f"{accelerator.device}), validating on {len(validation)}; {num_epochs} epoch(s), {max_steps} optimiser "
+            "steps."
+        )
 
     def validate() -> tuple[dict[str, float], int]:
         """Mean validation figures over every validation image once; saves the model when it is the best so far."""
@@ -244,7 +250,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     validation_images = 0
     stop_reason = "max_steps" if args.max_steps > 0 else "num_train_epochs"
     checkpoint_every = args.checkpoint_every_steps
-    for epoch in range(state.epoch, num_epochs):
+    for epoch in range(state.epoch, num_epochs if state.global_step < max_steps else 0):
         state.epoch = epoch
         epoch_started = time.perf_counter() - state.epoch_time
         best_before = state.best_val_loss
@@ -339,7 +345,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         )
         plot_now = args.plot_every_n_epochs and (epoch + 1) % args.plot_every_n_epochs == 0
         if is_main and plot_now and not args.skip_figures:
-            _save_pictures(unwrapped, splits, output_dir / "figures" / f"epoch-{epoch + 1}", output_dir, args.seed)
+            caption = f"{output_dir.name}, epoch {epoch + 1} (step {state.global_step})"
+            _save_pictures(unwrapped, splits, output_dir / "figures" / f"epoch-{epoch + 1}", output_dir, caption)
         losses.reset()
         state.epoch, state.step_in_epoch, state.epoch_time, state.epoch_sums = epoch + 1, 0, 0.0, []
         early_stop = (
@@ -351,10 +358,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         side_seconds += time.perf_counter() - started
         if early_stop:
             stop_reason = "early_stopping"
-            logger.info(
-                f"Early stopping: no better validation loss for {state.epochs_without_improvement} epoch(s).",
-                main_process_only=True,
-            )
+            if is_main:
+                logger.info(
+                    f"Early stopping: no better validation loss for {state.epochs_without_improvement} epoch(s)."
+                )
             break
         if state.global_step >= max_steps:
             break
@@ -430,7 +437,8 @@ def _finish(
             f"{terms} nats per image"
         )
     if not args.skip_figures:
-        _save_pictures(best, splits, output_dir, output_dir, args.seed)
+        caption = f"{output_dir.name}, best model: epoch {state.best_epoch} (step {state.best_step})"
+        _save_pictures(best, splits, output_dir, output_dir, caption)
     last = state.history[-1] if state.history else {}
     results.update(
         {
@@ -453,15 +461,36 @@ def _finish(
 
         push_to_hub(output_dir, args.hub_model_id, private=bool(args.hub_private_repo), revision=args.hub_revision)
         logger.info(f"Pushed {output_dir} to the Hub as {args.hub_model_id}.")
+    pictures = "" if args.skip_figures else ", pictures *.png"
+    tqdm.write(
+        f"Saved the best model (epoch {state.best_epoch}) to {output_dir}: model.safetensors, config.json, README.md, "
+        f"metrics.csv, train_results.json{', eval_results.json' if splits.test is not None else ''}{pictures}. "
+        f"Load it with VAEModel.from_pretrained({str(output_dir)!r})."
+    )
     return results
 
 
-def _save_pictures(model: torch.nn.Module, splits, pictures_dir: Path, output_dir: Path, seed: int) -> None:
-    """The pictures of the test split (else validation), with the run's training curves."""
+def _remove_previous_run(output_dir: Path) -> None:
+    """A run owns its outputs: overwriting a folder removes the previous run's checkpoints, pictures and results, so
+    none of them can be mistaken for this run's (the model files are replaced when the first epoch is saved)."""
+    shutil.rmtree(output_dir / CHECKPOINTS_DIR, ignore_errors=True)
+    shutil.rmtree(output_dir / "figures", ignore_errors=True)
+    stale = [*output_dir.glob("*.png"), *(output_dir / name for name in RUN_FILES)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+
+
+# Files a training run writes beside the model; an overwritten folder loses the previous run's.
+RUN_FILES = ("metrics.csv", "train_results.json", "eval_results.json", "evaluation.json", "README.md")
+
+
+def _save_pictures(model: torch.nn.Module, splits, pictures_dir: Path, output_dir: Path, caption: str) -> None:
+    """The pictures of the test split (else validation), with the run's training curves, drawn with the evaluation
+    seed: binarised test images in the pictures are the ones the test figures were computed on."""
     from .visualization import save_figures
 
     data = splits.test if splits.test is not None else splits.validation
-    save_figures(model, data, pictures_dir, metrics_csv=output_dir / "metrics.csv", seed=seed)
+    save_figures(model, data, pictures_dir, output_dir / "metrics.csv", EVALUATION_SEED, caption=caption)
 
 
 def _sync_buffers(model: torch.nn.Module, accelerator: Accelerator) -> None:
@@ -483,36 +512,4 @@ def _quiet_libraries(is_main: bool) -> None:
     transformers.utils.logging.set_verbosity(level)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`hf-vae train` (and `scripts/train.py`): parse the options, train, write the outputs."""
-    try:
-        arguments = parse_args(argv)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"hf-vae train: error: {error}", file=sys.stderr)
-        return 2
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO
-    )
-    from .hub import HubPushError
-
-    try:
-        train(*arguments)
-    except (DataError, TrainingSetupError, CheckpointError, TrainingDivergedError) as error:
-        print(f"hf-vae train: error: {error}", file=sys.stderr)
-        return 1
-    except HubPushError as error:
-        output_dir = arguments[2].output_dir
-        print(
-            f"hf-vae train: error: the model was trained and saved in {output_dir}, but the push failed: {error}\n"
-            f"Push it again with: hf-vae push --model_dir {output_dir} --repo_id {arguments[2].hub_model_id}",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
-
-
-__all__ = ["EVALUATION_SEED", "main", "metrics_columns", "train"]
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["EVALUATION_SEED", "metrics_columns", "train"]

@@ -1,5 +1,7 @@
-"""Options of `hf-vae train`: three dataclasses parsed by `transformers.HfArgumentParser` from flags or from a
-single JSON/YAML file, and the model config they describe."""
+"""Options of `hf-vae train`: three dataclasses parsed from flags or from a single JSON/YAML file (by
+`hf_vae.cli.arguments`, which works like `transformers.HfArgumentParser`), and the model config they describe.
+
+This module imports neither torch nor transformers, so that `hf-vae train --help` starts at once."""
 
 from __future__ import annotations
 
@@ -13,13 +15,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from accelerate.tracking import get_available_trackers
-from transformers import HfArgumentParser, SchedulerType
 
-from .configuration_vae import PRESETS, VAEConfig
+from .cli.arguments import UsageError, build_parser, parse
 
 REPORT_TO = ("none", "all", "tensorboard", "wandb", "comet_ml", "mlflow", "aim", "clearml", "dvclive", "swanlab")
-LR_SCHEDULERS = tuple(scheduler.value for scheduler in SchedulerType)
+# transformers' `SchedulerType` values (checked against it when the options are used).
+LR_SCHEDULERS = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
+    "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay", "greedy",
+)  # fmt: skip
+PRESET_NAMES = ("mnist-2d", "mnist", "mnist-conv", "rgb32-conv")
 
 
 @dataclass
@@ -30,7 +35,7 @@ class ModelArguments:
 
     preset: str = field(
         default="mnist",
-        metadata={"help": f"Named architecture, one of {sorted(PRESETS)}. 'mnist-2d' is the reference tutorial's."},
+        metadata={"help": f"Named architecture: {', '.join(PRESET_NAMES)} ('mnist-2d' is the reference tutorial's)."},
     )
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Continue training a model saved with `save_pretrained` (folder or Hub id)."}
@@ -76,6 +81,8 @@ class ModelArguments:
 
     def config_overrides(self) -> dict[str, Any]:
         """The config fields given on the command line."""
+        from .configuration_vae import VAEConfig
+
         config_fields = {config_field.name for config_field in dataclasses.fields(VAEConfig)}
         given = {
             name: value
@@ -229,6 +236,8 @@ class TrainingArguments:
         )
         unknown = [name for name in self.report_to_list if name not in REPORT_TO]
         _require(not unknown, f"--report_to: unknown tracker(s) {unknown}; choose from {list(REPORT_TO)}.")
+        from accelerate.tracking import get_available_trackers
+
         installed = {str(tracker.value) for tracker in get_available_trackers()}
         missing = [name for name in self.report_to_list if name not in ("none", "all") and name not in installed]
         _require(
@@ -281,24 +290,32 @@ def parse_args(argv: list[str] | None = None) -> ArgumentTuple:
     """Parse flags, or a `.json` / `.yaml` file holding the same names (such as a run's `training_args.json` or a
     recipe in `configs/`) followed by any flags, which override the file's values
     (`hf-vae train configs/mnist-2d.json --dataset_name ylecun/mnist`)."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    parser.prog = "hf-vae train"
+    parser = build_parser(
+        (ModelArguments, DataArguments, TrainingArguments),
+        prog="hf-vae train",
+        description="Train a model with Accelerate. `hf-vae train FILE.json|yaml [options]` reads the options from "
+        "a file (a recipe, or a run's training_args.json); options after it override the file's values.",
+        aliases={"model_name_or_path": ["--model"]},
+    )
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].endswith((".json", ".yaml", ".yml")):
-        values = _read_arguments_file(Path(argv[0]), parser)
+        try:
+            values = _read_arguments_file(Path(argv[0]), parser)
+        except (ValueError, FileNotFoundError) as error:
+            raise UsageError(str(error)) from None
         parser.set_defaults(**values)
         for action in parser._actions:
             action.required = action.required and action.dest not in values  # the file gives it
         try:
-            model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv[1:])
-        except ValueError as error:
-            raise ValueError(f"{error} (options read from {argv[0]} and the flags after it)") from None
+            (model_args, data_args, training_args), _ = parse(parser, argv[1:])
+        except UsageError as error:
+            raise UsageError(f"{error} (options read from {argv[0]} and the flags after it)") from None
     else:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+        (model_args, data_args, training_args), _ = parse(parser, argv)
     return model_args, data_args, resolve_defaults(model_args, training_args)
 
 
-def _read_arguments_file(path: Path, parser: HfArgumentParser) -> dict[str, Any]:
+def _read_arguments_file(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """The options of a `.json` / `.yaml` arguments file, each checked and converted as if it had been given as a
     flag. A damaged or mistyped file (not text, not JSON/YAML, a value of the wrong type) is a `ValueError` naming
     the file, the option and the fix, raised before anything runs: argparse does not check the types of defaults,
@@ -348,7 +365,7 @@ def _parse_arguments_text(path: Path, text: str) -> Any:
         raise ValueError(f"Arguments file {path} is nested too deeply to be an arguments file.") from None
 
 
-def _optional_fields(parser: HfArgumentParser) -> set[str]:
+def _optional_fields(parser: argparse.ArgumentParser) -> set[str]:
     """Options that may be null (`None`): those whose type admits None."""
     optional = set()
     for dataclass_type in parser.dataclass_types:

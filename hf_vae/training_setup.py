@@ -102,6 +102,20 @@ def with_image_shape_of(model_args: ModelArguments, data: ImageTensors) -> Model
     )
 
 
+def check_model_options(model_args: ModelArguments) -> None:
+    """Build the config a new model would have (not the model, and before any data is read), so that a bad option
+    value fails at once rather than after decoding the dataset."""
+    if model_args.model_name_or_path is not None:
+        return
+    try:
+        family = presets().get(model_args.preset)
+        config_from_preset(model_args.preset, **_supported(model_args.config_overrides(), family))
+    except ValueError as error:
+        if isinstance(error, TrainingSetupError):
+            raise
+        raise TrainingSetupError(str(error)) from error
+
+
 def build_model(model_args: ModelArguments) -> torch.nn.Module:
     """A new model of the preset's family (with the options given on the command line), or a saved model of any
     family to continue training."""
@@ -190,6 +204,7 @@ __all__ = [
     "TrainingSetupError",
     "build_model",
     "check_data",
+    "check_model_options",
     "check_output_dir",
     "check_world_size",
     "load_data",

@@ -15,8 +15,6 @@ import csv
 import json
 import logging
 import math
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +24,8 @@ from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
 from torchvision.utils import make_grid
-from transformers import HfArgumentParser
 
 from .data import DataError, ImageTensors, evaluation_images, to_pixel_values
-from .evaluation import EvaluationError, load_model, load_split
 from .modeling_utils import HfVaePreTrainedModel, in_eval_mode
 
 logger = logging.getLogger(__name__)
@@ -554,27 +550,6 @@ def _draw_figures(
 
 
 # ---------------------------------------------------------------------------------------------- command line
-@dataclass
-class VisualizationArguments:
-    """Options of `hf-vae visualize`."""
-
-    model: str = field(metadata={"help": "A folder written by `hf-vae train` / `save_pretrained`, or a Hub repo id."})
-    dataset_name: str = field(metadata={"help": "Hub dataset id, a local copy of one, or a `save_to_disk` folder."})
-    output_dir: str = field(metadata={"help": "Folder to write the PNG files into."})
-    revision: str | None = field(default=None, metadata={"help": "Branch, tag or commit of a Hub model."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration name."})
-    split: str = field(default="test", metadata={"help": "Split whose images are shown and encoded."})
-    image_column: str | None = field(default=None, metadata={"help": "Image column (detected when there is one)."})
-    label_column: str | None = field(default=None, metadata={"help": "Label column (detected when there is one)."})
-    max_samples: int | None = field(default=None, metadata={"help": "Use only the first N images of the split."})
-    metrics_csv: str | None = field(
-        default=None, metadata={"help": "Training metrics for training_curves.png (default: the model's metrics.csv)."}
-    )
-    seed: int = field(default=0, metadata={"help": "Seeds prior samples, binarisation and the images chosen."})
-    device: str | None = field(default=None, metadata={"help": "cpu or cuda (default: cuda when available)."})
-    cache_dir: str | None = field(default=None, metadata={"help": "`datasets` cache folder."})
-
-
 def _find_model_file(model: str, revision: str | None, name: str) -> str | None:
     """A file written next to the model by `hf-vae train`: in a local model folder, else in its Hub repo."""
     local = Path(model).expanduser() / name
@@ -623,48 +598,13 @@ def command_caption(model: str, revision: str | None = None) -> str:
     return caption
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`hf-vae visualize`: write the pictures of a model on a dataset split."""
-    parser = HfArgumentParser(VisualizationArguments)
-    (args,) = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = load_model(args.model, args.revision, device)
-        data = load_split(
-            args.dataset_name,
-            model.config,
-            args.split,
-            args.dataset_config_name,
-            args.image_column,
-            args.label_column,
-            args.max_samples,
-            args.cache_dir,
-        )
-        metrics_csv = args.metrics_csv
-        if metrics_csv is not None and not Path(metrics_csv).is_file():
-            raise EvaluationError(f"--metrics_csv {metrics_csv!r} is not a file.")
-        if metrics_csv is None:
-            metrics_csv = _find_metrics(args.model, args.revision)
-        caption = command_caption(args.model, args.revision)
-        paths = save_figures(model, data, args.output_dir, metrics_csv, args.seed, caption=caption)
-    except (EvaluationError, DataError) as error:
-        print(f"hf-vae visualize: error: {error}", file=sys.stderr)
-        return 1
-    for name, path in paths.items():
-        print(f"{name:<16} {path}")
-    return 0
-
-
 __all__ = [
     "FIGURE_DPI",
     "FIGURE_SIZES",
     "PROJECTIONS",
-    "VisualizationArguments",
     "command_caption",
     "draw_figures",
     "figure_pixel_size",
-    "main",
     "plot_interpolation",
     "plot_latent_manifold",
     "plot_latent_space",

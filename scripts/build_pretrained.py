@@ -5,7 +5,7 @@
 runs, from the repository root, exactly the commands a user would type:
 
     hf-vae train configs/NAME.json --dataset_name DATA --output_dir pretrained/NAME --overwrite_output_dir
-    hf-vae evaluate --model pretrained/NAME --dataset_name DATA --split test --iwae_samples K \
+    hf-vae evaluate pretrained/NAME --dataset_name DATA --split test --iwae_samples K \
         --output pretrained/NAME/evaluation.json
 
 then drops the training checkpoints (they are for resuming, and `hf-vae push` leaves them out too), writes the model
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_vae = [sys.executable, "-m", "hf_vae.cli"]
     train = [*hf_vae, "train", str(recipe), "--dataset_name", args.dataset_name, "--output_dir", str(model_dir),
              "--overwrite_output_dir"]
-    evaluate = [*hf_vae, "evaluate", "--model", str(model_dir), "--dataset_name", args.dataset_name, "--split", "test",
+    evaluate = [*hf_vae, "evaluate", str(model_dir), "--dataset_name", args.dataset_name, "--split", "test",
                 "--iwae_samples", str(args.iwae_samples), "--output", str(model_dir / "evaluation.json")]
     train_seconds = _run(train)
     evaluate_seconds = _run(evaluate)

@@ -8,7 +8,7 @@ Same as `hf-vae convert`, kept as a script the way transformers ships its `conve
 
 import sys
 
-from hf_vae.convert import main
+from hf_vae.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["convert", *sys.argv[1:]]))

@@ -6,7 +6,7 @@ per-class figures, anomaly scores. The same as `hf-vae evaluate`:
 
 import sys
 
-from hf_vae.evaluation import main
+from hf_vae.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["evaluate", *sys.argv[1:]]))

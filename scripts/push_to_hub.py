@@ -2,12 +2,12 @@
 
 The same as `hf-vae push`:
 
-    python scripts/push_to_hub.py --model_dir out/mnist --repo_id your-name/mnist-vae
+    python scripts/push_to_hub.py out/mnist --repo_id your-name/mnist-vae
 """
 
 import sys
 
-from hf_vae.hub import main
+from hf_vae.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["push", *sys.argv[1:]]))

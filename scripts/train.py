@@ -6,7 +6,7 @@ ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 scripts/tra
 
 import sys
 
-from hf_vae.training import main
+from hf_vae.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -22,12 +22,25 @@ from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 from test_training import make_dataset
 
-from hf_vae.evaluation import main as evaluate_main
+from hf_vae.cli import main as cli_main
 from hf_vae.families import load_pretrained, model_class, remote_code_files
-from hf_vae.training import main as train_main
-from hf_vae.visualization import main as visualize_main
 
 BATCH = 5
+
+
+def evaluate_main(argv: list[str]) -> int:
+    """`hf-vae evaluate ...` in this process, as the command line runs it."""
+    return cli_main(["evaluate", *argv])
+
+
+def train_main(argv: list[str]) -> int:
+    """`hf-vae train ...` in this process, as the command line runs it."""
+    return cli_main(["train", *argv])
+
+
+def visualize_main(argv: list[str]) -> int:
+    """`hf-vae visualize ...` in this process, as the command line runs it."""
+    return cli_main(["visualize", *argv])
 
 
 def seeded(seed: int) -> torch.Generator:

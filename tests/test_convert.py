@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from hf_vae import VAEModel, __version__
+from hf_vae.cli import main as cli_main
 from hf_vae.convert import (
     DEFAULT_FILENAME,
     TOLERANCE,
@@ -22,7 +23,6 @@ from hf_vae.convert import (
     convert_checkpoint,
     convert_state_dict,
     file_sha256,
-    main,
     max_differences,
     resolve_source,
 )
@@ -34,6 +34,11 @@ VARIANTS = {
     "beta-vae": {**DEFAULT_ARGS, "latent_dim": 10, "beta": 4.0},
     "wide": {**DEFAULT_ARGS, "hidden_dim": 512, "latent_dim": 64},
 }
+
+
+def main(argv: list[str]) -> int:
+    """`hf-vae convert ...` in this process, as the command line runs it."""
+    return cli_main(["convert", *argv])
 
 
 def trained_tutorial(arguments: dict, steps: int = 8, seed: int = 0) -> TutorialVAE:
@@ -405,6 +410,7 @@ def test_converts_a_checkpoint_from_a_hub_repo(
 def test_a_difference_above_the_tolerance_is_refused_and_nothing_is_written(
     tmp_path, checkpoint, monkeypatch, offset, refused
 ):
+
     """The check that guards every conversion: converted weights that make the network differ from the tutorial's by
     more than 1e-5 are refused (here a fault is injected into the key mapping), and nothing is written; a difference
     far below the tolerance converts."""

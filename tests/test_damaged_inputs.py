@@ -40,15 +40,29 @@ from hf_vae.checkpointing import (
     load_checkpoint,
     save_checkpoint,
 )
+from hf_vae.cli import main as cli_main
 from hf_vae.convert import ConversionError, convert_checkpoint
-from hf_vae.convert import main as convert_main
 from hf_vae.data import DataError, decode_split, load_splits
 from hf_vae.evaluation import EvaluationError, load_image_folder
-from hf_vae.evaluation import main as evaluate_main
 from hf_vae.training_args import parse_args, save_arguments
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def train_main(argv: list[str]) -> int:
+    """`hf-vae train ...` in this process, as the command line runs it."""
+    return cli_main(["train", *argv])
+
+
+def convert_main(argv: list[str]) -> int:
+    """`hf-vae convert ...` in this process, as the command line runs it."""
+    return cli_main(["convert", *argv])
+
+
+def evaluate_main(argv: list[str]) -> int:
+    """`hf-vae evaluate ...` in this process, as the command line runs it."""
+    return cli_main(["evaluate", *argv])
 
 
 # ---------------------------------------------------------------------------------------------- damage
@@ -319,6 +333,8 @@ def arguments_files(tmp_path_factory) -> dict[str, bytes]:
 def test_train_arguments_file_damaged_parses_or_exits_2_naming_the_file(
     arguments_files, tmp_path, monkeypatch, capsys, name
 ):
+
+
     """Only the parsing is under test: `train` itself is replaced by a stub that records what it was given."""
     received = []
     monkeypatch.setattr(training, "train", lambda *arguments: received.append(arguments))
@@ -327,7 +343,7 @@ def test_train_arguments_file_damaged_parses_or_exits_2_naming_the_file(
         path = tmp_path / f"case-{index}-{name}"
         path.write_bytes(data)
         try:
-            code = training.main([str(path), "--output_dir", str(tmp_path / "out")])
+            code = train_main([str(path), "--output_dir", str(tmp_path / "out")])
         except SystemExit as exit_:  # argparse's own errors (usage + message), e.g. the file emptied a required option
             code = exit_.code
             assert code == 2 and "Traceback" not in capsys.readouterr().err
@@ -365,7 +381,7 @@ def test_arguments_file_values_are_typed_as_flags_are(tmp_path, monkeypatch, cap
             parse_args([str(path), "--output_dir", "out"])
         assert message in str(error.value)
     path.write_bytes(b"\xff\xfe seed: 1")
-    assert training.main([str(path)]) == 2
+    assert train_main([str(path)]) == 2
     assert_clean_cli_error(2, capsys.readouterr().err, "hf-vae train: error:", "is not UTF-8 text", str(path))
 
 
@@ -530,7 +546,7 @@ def test_train_on_a_damaged_dataset_exits_1_and_writes_nothing(saved_dataset, tm
     arrow.write_bytes(arrow.read_bytes()[:300])
     out = tmp_path / "run"
     try:
-        code = training.main(["--dataset_name", str(folder), "--output_dir", str(out), "--max_steps", "1"])
+        code = train_main(["--dataset_name", str(folder), "--output_dir", str(out), "--max_steps", "1"])
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
@@ -653,7 +669,7 @@ TINY_RUN = [
 
 def _train(*arguments: str) -> int:
     try:
-        return training.main(list(arguments))
+        return train_main(list(arguments))
     finally:
         _reset_accelerate()
 

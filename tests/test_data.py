@@ -18,6 +18,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from hf_vae import VAEConfig, VAEModel
+from hf_vae.cli import main as cli_main
 from hf_vae.data import (
     DataError,
     ImageTensorDataset,
@@ -31,9 +32,13 @@ from hf_vae.data import (
     resolve_columns,
     to_pixel_values,
 )
-from hf_vae.training import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def train_main(argv: list[str]) -> int:
+    """`hf-vae train ...` in this process, as the command line runs it."""
+    return cli_main(["train", *argv])
 
 
 def images(count: int, size: int = 28, mode: str = "L", seed: int = 0) -> list[Image.Image]:

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from hf_vae import VAEConfig, VAEModel
+from hf_vae.cli import main as cli_main
 from hf_vae.data import DataError, ImageTensors, evaluation_images, to_pixel_values
 from hf_vae.evaluation import (
     EvaluationError,
@@ -27,8 +28,12 @@ from hf_vae.evaluation import (
     fit_anomaly_threshold,
     load_image_folder,
     load_split,
-    main,
 )
+
+
+def main(argv: list[str]) -> int:
+    """`hf-vae evaluate ...` in this process, as the command line runs it."""
+    return cli_main(["evaluate", *argv])
 
 
 def evaluation_pixel_values(images: torch.Tensor, binarize: str, seed: int = 0) -> torch.Tensor:
@@ -369,12 +374,12 @@ def test_load_image_folder_converts_and_resizes(tmp_path):
 
 def test_cli_errors_name_the_fix(saved, capsys):
     model = ["--model", str(saved / "model")]
-    assert main(model) == 1
+    assert main(model) == 2  # a command line that cannot run: a usage error
     assert "--dataset_name" in capsys.readouterr().err
     assert main(model + ["--dataset_name", str(saved / "data"), "--split", "validation"]) == 1
     assert "no split 'validation'" in capsys.readouterr().err
     assert main(["--model", str(saved / "nowhere"), "--dataset_name", str(saved / "data")]) == 1
-    assert "Could not load a hf-vae model" in capsys.readouterr().err
+    assert f"No model folder {str(saved / 'nowhere')!r}: that path does not exist" in capsys.readouterr().err
 
 
 def test_conditional_model_needs_labels(tmp_path):
@@ -409,4 +414,4 @@ def test_cli_evaluates_a_hub_model_at_a_revision(saved, tmp_path, hub_server, hu
     missing = subprocess.run(
         command[:-4] + ["--revision", "no-such-branch"], capture_output=True, text=True, env=hub_env, timeout=300
     )
-    assert missing.returncode == 1 and "Could not load a hf-vae model" in missing.stderr
+    assert missing.returncode == 1 and "has no revision 'no-such-branch': check --revision" in missing.stderr

@@ -30,8 +30,8 @@ from safetensors.torch import load_file
 
 from hf_vae import VAEConfig, VAEModel
 from hf_vae.checkpointing import CHECKPOINTS_DIR, STATE_FILE, checkpoint_folders, resolve_checkpoint
+from hf_vae.cli import main as cli_main
 from hf_vae.data import load_splits
-from hf_vae.training import main
 from hf_vae.training_args import ModelArguments, parse_args
 from hf_vae.training_metrics import metrics_columns
 from hf_vae.training_setup import build_model
@@ -52,6 +52,11 @@ TINY = [
     "--skip_figures",
     "--disable_tqdm",
 ]
+
+
+def main(argv: list[str]) -> int:
+    """`hf-vae train ...` in this process, as the command line runs it."""
+    return cli_main(["train", *argv])
 
 
 def _grey_digits(count: int, rng: np.random.Generator, size: int = 28) -> list[Image.Image]:
@@ -128,7 +133,8 @@ def test_one_epoch_writes_every_output(synthetic, tmp_path):
         "--report_to", "tensorboard", "--binarize", "dynamic",
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
-    assert "hf-vae rank 0 of 1" in completed.stderr
+    assert "hf-vae rank" not in completed.stderr and "[RANK" not in completed.stderr  # one process: no rank lines
+    assert f"Saved the best model (epoch 1) to {output_dir}" in completed.stdout
     assert "Epoch   1 | Total Loss: " in completed.stdout and "| Val Loss: " in completed.stdout
     assert "| LR: " in completed.stdout and "| Time: " in completed.stdout
 
@@ -443,7 +449,7 @@ def test_failed_push_keeps_the_trained_model_and_says_how_to_push_again(
     assert completed.returncode == 1
     assert "Traceback" not in completed.stderr
     assert f"saved in {output_dir}" in completed.stderr
-    assert f"hf-vae push --model_dir {output_dir} --repo_id {hub_repo_id}" in completed.stderr
+    assert f"hf-vae push {output_dir} --repo_id {hub_repo_id}" in completed.stderr
     assert "hf_wrong_token" not in completed.stderr + completed.stdout
     assert VAEModel.from_pretrained(output_dir).config.latent_dim > 0
 

@@ -20,6 +20,7 @@ from matplotlib.text import Text
 from PIL import Image
 
 from hf_vae import VAEConfig, VAEModel, visualization
+from hf_vae.cli import main as cli_main
 from hf_vae.data import DataError, ImageTensors, evaluation_images, to_pixel_values
 from hf_vae.visualization import (
     FIGURE_DPI,
@@ -304,7 +305,7 @@ def test_visualize_names_the_model_and_epoch(model_2d, dataset_dir, tmp_path, mo
 
     monkeypatch.setattr(visualization, "save_figures", spy)
     arguments = ["--model", str(model_dir), "--dataset_name", str(dataset_dir), "--output_dir", str(tmp_path / "out")]
-    assert visualization.main(arguments + ["--max_samples", "40"]) == 0
+    assert cli_main(["visualize", *arguments, "--max_samples", "40"]) == 0
     assert captions == [expected]
     (model_dir / "train_results.json").write_text("{damaged")
     assert command_caption(str(model_dir)) == str(model_dir)

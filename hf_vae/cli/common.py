@@ -1,0 +1,45 @@
+"""What several commands share: the model argument (positional or `--model`) and the device."""
+
+from __future__ import annotations
+
+from .arguments import UsageError
+
+
+def model_argument(option: str | None, positional: str | None, prog: str) -> str:
+    """The model a command was given, as `MODEL` or `--model MODEL` (not both, not neither)."""
+    if option and positional and option != positional:
+        raise UsageError(f"Two models given ({positional!r} and --model {option!r}); pass one.")
+    model = option or positional
+    if not model:
+        raise UsageError(f"Which model? Pass a model folder or Hub repo id: `{prog} MODEL ...` or `--model MODEL`.")
+    return model
+
+
+def resolve_device(device: str | None) -> str:
+    """The device to run on: the one asked for, if this machine has it, else CUDA when available, else the CPU."""
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: this machine has no CUDA GPU that torch can use; use --device cpu.")
+    if device.split(":")[0] not in ("cpu", "cuda", "mps", "xpu"):
+        raise UsageError(f"--device {device!r} is not a device; use cpu or cuda (cuda:N for one GPU).")
+    return device
+
+
+def configure_logging() -> None:
+    """INFO lines from hf-vae (what is being decoded, trained, saved), warnings from the libraries, and none of
+    transformers' per-file "Loading weights" / "Writing model shards" bars: our commands say what they do in their own
+    lines."""
+    import logging
+
+    import datasets
+    import transformers
+
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO
+    )
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_warning()
+    datasets.utils.logging.disable_progress_bar()

@@ -1,0 +1,83 @@
+"""The README, followed line by line as a new user would: every `hf-vae` / `python` command of its bash blocks and
+every python block runs, in order, in a fresh folder, against the local MNIST and the local Hub server, with sizes
+made small (options appended to a command override the README's own, as on the command line). A command that no
+longer works fails here, so the README cannot drift from the code.
+
+Left out, with the reason: the install and test commands (CI runs them), `accelerate config` / `hf auth login`
+(interactive), multi-GPU launches (no GPU; the 2-process CPU launch is tested in test_training.py), placeholders
+(`...`, `path/to/`), the tutorial's Hub repo (not on the local server), and the pretrained model's 5000-sample
+evaluation (its 1000-sample siblings run).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SKIP = ("pip install", "pytest", "accelerate", "hf auth", "...", "path/to/", "karthik-2905", "--iwae_samples 5000")
+# Appended to each command: the last value of an option wins.
+SMALL = {
+    "train": ["--max_train_samples", "600", "--max_eval_samples", "200", "--num_train_epochs", "1",
+              "--per_device_train_batch_size", "100", "--disable_tqdm"],  # fmt: skip
+    "evaluate": ["--iwae_samples", "5", "--elbo_samples", "2", "--max_samples", "100",
+                 "--max_threshold_samples", "200"],  # fmt: skip
+    "visualize": ["--max_samples", "200"],
+}
+pytestmark = pytest.mark.slow
+
+
+def readme_steps() -> list[tuple[str, str]]:
+    """("bash", one command) and ("python", one block), in README order."""
+    steps = []
+    for language, body in re.findall(r"```(bash|python)\n(.*?)```", (REPO / "README.md").read_text(), re.DOTALL):
+        if language == "python":
+            steps.append(("python", body))
+            continue
+        for line in body.replace("\\\n", " ").splitlines():
+            line = line.split("  #")[0].strip()
+            if line and not line.startswith("#") and not any(skip in line for skip in SKIP):
+                steps.append(("bash", line))
+    return steps
+
+
+def test_readme_commands_run_in_order(mnist_dir, hub_env, hub_repo_id, tmp_path):
+    for name in ("pretrained", "configs", "scripts"):
+        (tmp_path / name).symlink_to(REPO / name)
+    image_folder = tmp_path / "my_images"
+    image_folder.mkdir()
+    from PIL import Image
+
+    Image.new("L", (28, 28), 0).save(image_folder / "blank.png")
+    Image.new("L", (40, 30), 255).save(image_folder / "white.png")
+
+    ran = []
+    for language, step in readme_steps():
+        step = step.replace("your-name/mnist-vae", hub_repo_id).replace("ylecun/mnist", str(mnist_dir))
+        step = step.replace("../shared/mnist", str(mnist_dir))
+        if language == "python":
+            script = tmp_path / f"step{len(ran)}.py"
+            script.write_text("import torch\nfrom hf_vae import VAEConfig, VAEModel\n" + step)
+            command = [sys.executable, str(script)]
+        else:
+            command = shlex.split(step)
+            if command[0] == "hf-vae":
+                command = [sys.executable, "-m", "hf_vae.cli", *command[1:]]
+                command += SMALL.get(command[3], [])
+            elif command[0] == "python":
+                if "--update" in command or "build_pretrained.py" in step or "benchmark" in step:
+                    continue
+                command[0] = sys.executable
+        completed = subprocess.run(command, cwd=tmp_path, env=hub_env, capture_output=True, text=True, timeout=600)
+        assert completed.returncode == 0, f"README step failed: {step}\n{completed.stdout[-2000:]}\n{completed.stderr}"
+        ran.append(step)
+    commands = " ".join(ran)
+    for promised in ("hf-vae train", "hf-vae evaluate", "hf-vae visualize", "hf-vae push", "from_pretrained"):
+        assert promised in commands
+    assert (tmp_path / "out" / "evaluation.json").is_file() and (tmp_path / "scores.csv").is_file()
+    assert (tmp_path / "out" / "pictures" / "samples.png").is_file() and (tmp_path / "out-again").is_dir()

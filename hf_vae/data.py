@@ -184,7 +184,8 @@ def load_image_dataset(
     if path.exists():
         return _load_local_dataset(path, dataset_config_name, cache_dir)
     if dataset_name.startswith((".", "/", "~")):
-        raise DataError(f"No dataset folder at {dataset_name!r} (resolved to {path.resolve()}); check the path.")
+        where = "" if path.is_absolute() else f" (in {Path.cwd()})"
+        raise DataError(f"No dataset folder {dataset_name!r}{where}: check the path, or pass a Hub dataset id.")
     try:
         return _load_dataset(dataset_name, dataset_config_name, cache_dir)
     except (ConnectionError, OSError, TimeoutError) as error:

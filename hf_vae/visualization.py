@@ -500,6 +500,7 @@ def save_figures(
     captioned with `caption`, e.g. "pretrained/mnist, epoch 12 (step 5520)"; without one, with the model's
     `name_or_path` or class name. The model draws in eval mode and is handed back in the mode it came in, and the
     global RNG streams are left as they were, so a training run with pictures trains exactly as one without."""
+    logger.info("Drawing the pictures into %s.", output_dir)
     figures = draw_figures(model, data, metrics_csv, seed, caption)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

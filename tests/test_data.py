@@ -125,8 +125,11 @@ def test_empty_splits_are_refused(tmp_path):
 
 
 def test_a_missing_local_folder_is_named(tmp_path):
-    with pytest.raises(DataError, match="No dataset folder at .*check the path"):
+    with pytest.raises(DataError, match=r"No dataset folder '.*nowhere': check the path"):
         load_image_dataset(str(tmp_path / "nowhere"))
+    # A relative path is named as typed, with the folder it was looked for in.
+    with pytest.raises(DataError, match=r"No dataset folder '\./nowhere' \(in .*\): check the path"):
+        load_image_dataset("./nowhere")
 
 
 def test_unreachable_hub_advises_a_local_copy(tmp_path):

@@ -36,9 +36,22 @@ def configure_logging() -> None:
 
     import datasets
     import transformers
+    from tqdm.auto import tqdm
+
+    class TqdmHandler(logging.StreamHandler):
+        """Log lines written through tqdm, so that they never share a line with a progress bar."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                tqdm.write(self.format(record), file=self.stream)
+            except Exception:  # noqa: BLE001 - logging must never raise
+                self.handleError(record)
 
     logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        level=logging.INFO,
+        handlers=[TqdmHandler()],
     )
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_warning()

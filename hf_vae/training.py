@@ -297,7 +297,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
             if state.global_step % args.logging_steps == 0:
                 latest = losses.flush(epoch, last_checkpoint)
                 if latest is not None:
-                    progress.set_postfix(step_loss=f"{latest['loss']:.2f}", refresh=False)  # the epoch line has the mean
+                    progress.set_postfix(step_loss=f"{latest['loss']:.2f}", refresh=False)  # epoch lines: means
                     latest.update(learning_rate=optimizer.param_groups[0]["lr"], kl_weight=state.kl_weight)
                     accelerator.log({f"train/{name}": value for name, value in latest.items()}, step=state.global_step)
             if args.eval_steps and state.global_step % args.eval_steps == 0 and not last_batch:

@@ -189,7 +189,7 @@ def per_image_figures(
                 posterior = getattr(at_mode, "latent_dist", None)
                 if posterior is not None:
                     figures["posterior_means"] = posterior.mode()
-                    if getattr(model.prior, "has_closed_form_kl", False):
+                    if getattr(getattr(model, "prior", None), "has_closed_form_kl", False):
                         figures["kl_per_dimension"] = model.prior.kl_per_dimension(posterior)
             outputs = model(pixel_values, labels, generator=objective_generator, reduction="none")
             figures["loss"] = outputs.loss

@@ -16,6 +16,7 @@ from typing import Any
 # model_type -> (configuration module, config class, modeling module, model class)
 FAMILIES: dict[str, tuple[str, str, str, str]] = {
     "hf_vae": ("hf_vae.configuration_vae", "VAEConfig", "hf_vae.modeling_vae", "VAEModel"),
+    "hf_hvae": ("hf_vae.configuration_hvae", "HVAEConfig", "hf_vae.modeling_hvae", "HVAEModel"),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from family_tester import FamilyTester, tiny_dataset  # noqa: F401  (the fixture)
 
 from hf_vae import VAEConfig
+from hf_vae.configuration_hvae import HVAEConfig
 
 TINY_MLP = ["--hidden_sizes", "16", "--latent_dim", "2"]
 
@@ -27,4 +28,15 @@ class TestGaussianVampPriorIWAE(FamilyTester):
         image_size=28, latent_dim=2, hidden_sizes=[16], prior="vamp", num_pseudo_inputs=6, num_importance_samples=3
     )
     train_arguments = ["--preset", "mnist", *TINY_MLP, "--prior", "vamp", "--num_pseudo_inputs", "6",
+                       "--num_importance_samples", "3"]  # fmt: skip
+
+
+class TestHierarchicalVAE(FamilyTester):
+    config = HVAEConfig(image_size=28, latent_dims=[4, 3, 2], hidden_sizes=[16], binarize="dynamic")
+    train_arguments = ["--preset", "mnist-hvae", "--latent_dims", "4", "3", "2", "--hidden_sizes", "16"]
+
+
+class TestHierarchicalVAEIWAE(FamilyTester):
+    config = HVAEConfig(image_size=28, latent_dims=[4, 2], hidden_sizes=[16], num_importance_samples=3)
+    train_arguments = ["--preset", "mnist-hvae", "--latent_dims", "4", "2", "--hidden_sizes", "16",
                        "--num_importance_samples", "3"]  # fmt: skip

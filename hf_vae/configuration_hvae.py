@@ -1,0 +1,144 @@
+"""Configuration of hf-vae's hierarchical VAE (several stochastic layers, top-down inference).
+
+Copied next to the weights by `save_pretrained` for `trust_remote_code`: it imports nothing from the rest of the
+package.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import field
+from typing import Any
+
+from transformers import PretrainedConfig
+
+LIKELIHOODS = ("bernoulli", "discretized_logistic")
+BINARIZATIONS = ("none", "dynamic", "static")
+ACTIVATIONS = ("relu", "gelu", "silu", "elu", "leaky_relu", "tanh")
+NORMALIZATIONS = ("batch", "group", "none")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Two stochastic layers on binarised MNIST: z1 (64) under z2 (32), a 784-512-256 bottom-up MLP (the STACK_NOTES
+    # calibration model), SiLU, no normalisation.
+    "mnist-hvae": {
+        "image_size": 28,
+        "num_channels": 1,
+        "latent_dims": [64, 32],
+        "hidden_sizes": [512, 256],
+        "activation": "silu",
+        "normalization": "none",
+        "likelihood": "bernoulli",
+        "binarize": "dynamic",
+    },
+}
+
+
+def _positive_int_list(name: str, value: Any) -> None:
+    items_ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    if not items_ok or not value:
+        raise ValueError(f"`{name}` must be a non-empty list of positive integers, got {value!r}.")
+
+
+class HVAEConfig(PretrainedConfig):
+    r"""Configuration of an [`HVAEModel`]: a hierarchy of Gaussian latents z_1 (bottom) ... z_L (top) with top-down
+    inference (Ladder VAE, Sønderby et al. 2016; NVAE, Vahdat & Kautz 2020).
+
+    Generation: z_L ~ N(0, I), then z_l ~ p(z_l | z_{l+1}) for l = L-1..1, then x ~ p(x | z_1). Inference shares the
+    top-down path: a bottom-up MLP reads x once, and q(z_l | x, z_{l+1}) is computed from its features at level l and
+    the top-down features of z_{l+1}, so each layer's posterior knows what the layers above have chosen.
+
+    Args:
+        latent_dims (`list[int]`, defaults to `[64, 32]`): latent size of each stochastic layer, bottom first.
+        hidden_sizes (`list[int]`, defaults to `[512, 256]`): widths of the bottom-up MLP from the pixels to the first
+            layer's features; the decoder mirrors them. Every deeper level and the top-down blocks use the last width.
+        activation, normalization: the hidden layers' activation and normalisation (`"batch"`, `"group"`, `"none"`).
+        likelihood, binarize, image_size, num_channels: as for [`VAEConfig`].
+        beta (`float`, defaults to 1.0): weight of the KL terms.
+        free_bits (`float`, defaults to 0.0): minimum KL in nats per latent unit of each layer in the ELBO loss.
+        num_importance_samples (`int`, defaults to 1): K > 1 trains on the IWAE bound over the joint latents.
+    """
+
+    model_type = "hf_hvae"
+
+    image_size: int = 28
+    num_channels: int = 1
+    latent_dims: list[int] = field(default_factory=lambda: [64, 32])
+    hidden_sizes: list[int] = field(default_factory=lambda: [512, 256])
+    activation: str = "silu"
+    normalization: str = "none"
+    likelihood: str = "bernoulli"
+    binarize: str = "none"
+    beta: float = 1.0
+    free_bits: float = 0.0
+    num_importance_samples: int = 1
+    num_classes: int | None = None
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        for name in ("latent_dims", "hidden_sizes"):
+            if isinstance(getattr(self, name), tuple):
+                setattr(self, name, list(getattr(self, name)))
+        self._validate_fields()
+        super().__post_init__(**kwargs)
+
+    def _validate_fields(self) -> None:
+        for name, value, allowed in (
+            ("likelihood", self.likelihood, LIKELIHOODS),
+            ("binarize", self.binarize, BINARIZATIONS),
+            ("activation", self.activation, ACTIVATIONS),
+            ("normalization", self.normalization, NORMALIZATIONS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}.")
+        _positive_int_list("latent_dims", self.latent_dims)
+        _positive_int_list("hidden_sizes", self.hidden_sizes)
+        if len(self.latent_dims) < 2:
+            raise ValueError(
+                f"`latent_dims` needs at least two stochastic layers for a hierarchical VAE, got {self.latent_dims}; "
+                "for one layer use the Gaussian VAE (VAEConfig)."
+            )
+        for name in ("image_size", "num_channels", "num_importance_samples"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        for name in ("beta", "free_bits"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
+        if self.num_importance_samples > 1 and self.free_bits > 0:
+            raise ValueError("`free_bits` applies to the ELBO only: set free_bits to 0 or num_importance_samples to 1.")
+        if self.num_classes is not None:
+            raise ValueError("The hierarchical VAE is unconditional for now: leave num_classes unset.")
+
+    @property
+    def latent_dim(self) -> int:
+        """All the layers' latents together (their concatenation, bottom first)."""
+        return sum(self.latent_dims)
+
+    @property
+    def num_pixels(self) -> int:
+        return self.num_channels * self.image_size * self.image_size
+
+    def describe_architecture(self) -> str:
+        return (
+            f"latent_dims={self.latent_dims}, hidden_sizes={self.hidden_sizes}, image_size={self.image_size}, "
+            f"num_channels={self.num_channels}, normalization={self.normalization!r}, likelihood={self.likelihood!r}"
+        )
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs: Any):
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if not config_dict:
+            raise OSError(f"{pretrained_model_name_or_path!s} has no config.json: the model's architecture is unknown.")
+        return config_dict, kwargs
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> HVAEConfig:
+        if name not in PRESETS:
+            raise ValueError(f"Unknown preset {name!r}; available presets: {sorted(PRESETS)}.")
+        values = copy.deepcopy(PRESETS[name])
+        values.update(overrides)
+        return cls(**values)
+
+
+__all__ = ["HVAEConfig", "PRESETS"]

@@ -1,0 +1,283 @@
+"""hf-vae's hierarchical VAE: stochastic layers z_1 (bottom) ... z_L (top) with top-down inference, as in the Ladder
+VAE (Sønderby et al. 2016) and NVAE (Vahdat & Kautz 2020), on MLP blocks.
+
+Generation runs top-down: z_L ~ N(0, I), z_l ~ p(z_l | z_{l+1}), x ~ p(x | z_1). Inference reads x once bottom-up
+(features d_1 ... d_L) and then follows the same top-down path: q(z_L | x) from d_L, and q(z_l | x, z_{l+1}) from d_l
+and the top-down features of z_{l+1}, so that every posterior is conditioned on what the layers above drew.
+
+It implements the family contract of `modeling_utils`: `log_weights` covers the joint latents, so the IWAE bound, the
+estimates and `hf-vae evaluate` work unchanged, and `forward` names one KL term per layer (`kl_loss_1` is the bottom).
+Copied next to the weights for `trust_remote_code`: imports only torch, transformers and its sibling modules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.utils import ModelOutput
+
+from .configuration_hvae import HVAEConfig
+from .distributions import DiagonalGaussian, standard_normal
+from .estimators import iwae_bound
+from .layers import BlockSpec, MLPDecoder, mlp_layers
+from .likelihoods import build_likelihood
+from .modeling_utils import HfVaePreTrainedModel, in_eval_mode
+from .priors import StandardNormal
+
+
+@dataclass
+class HVAEOutput(ModelOutput):
+    """Output of [`HVAEModel.forward`]: `loss`, `loss_terms` (`recon_loss`, `kl_loss` and `kl_loss_1` ... `kl_loss_L`,
+    nats per image), the decoder's `logits`, and `latent_dist`, the layers' posteriors side by side (bottom first) along
+    the first draw's path."""
+
+    loss: torch.FloatTensor | None = None
+    loss_terms: dict[str, torch.Tensor] | None = None
+    logits: torch.FloatTensor | None = None
+    latent_dist: DiagonalGaussian | None = None
+
+
+@dataclass
+class HVAEEncoderOutput(ModelOutput):
+    """Output of [`HVAEModel.encode`]: the posteriors along the mean path (each layer's mean given the means above),
+    side by side (`latent_dist`, bottom first) and per layer (`layer_dists`)."""
+
+    latent_dist: DiagonalGaussian | None = None
+    layer_dists: list[DiagonalGaussian] | None = None
+
+
+@dataclass
+class HVAEDecoderOutput(ModelOutput):
+    logits: torch.FloatTensor | None = None
+    images: torch.FloatTensor | None = None
+
+
+def _gaussian(parameters: torch.Tensor) -> DiagonalGaussian:
+    mean, logvar = parameters.chunk(2, dim=-1)
+    return DiagonalGaussian(mean, logvar)
+
+
+@dataclass
+class _Path:
+    """One top-down pass: per layer (bottom first) the latents (K, B, D_l), posteriors and conditional priors (the top
+    layer's prior is N(0, I), `None` here); posteriors and priors are over K * B rows (the top posterior over B)."""
+
+    latents: list[torch.Tensor]
+    posteriors: list[DiagonalGaussian]
+    priors: list[DiagonalGaussian | None]
+
+
+class HVAEPreTrainedModel(HfVaePreTrainedModel):
+    config_class = HVAEConfig
+    config: HVAEConfig
+    base_model_prefix = "hvae"
+
+
+class HVAEModel(HVAEPreTrainedModel):
+    """A hierarchical VAE with top-down inference.
+
+    ```python
+    >>> from hf_vae.configuration_hvae import HVAEConfig
+    >>> from hf_vae.modeling_hvae import HVAEModel
+    >>> model = HVAEModel(HVAEConfig.from_preset("mnist-hvae"))
+    >>> images = model.sample(16)
+    ```
+    """
+
+    def __init__(self, config: HVAEConfig):
+        config._validate_fields()
+        super().__init__(config)
+        spec = BlockSpec(config.normalization, config.activation, 0.0)
+        width, dims = config.hidden_sizes[-1], config.latent_dims
+        self.bottom_up = nn.ModuleList([nn.Sequential(*mlp_layers(config.num_pixels, config.hidden_sizes, spec))])
+        self.bottom_up.extend(nn.Sequential(*mlp_layers(width, [width], spec)) for _ in dims[1:])
+        self.top_posterior = nn.Linear(width, 2 * dims[-1])
+        # Top-down block l (l = 0 .. L-2): features of z_{l+2} -> the prior of z_{l+1} and, with d_{l+1}, its posterior.
+        levels = range(len(dims) - 1)
+        self.top_down = nn.ModuleList(nn.Sequential(*mlp_layers(dims[level + 1], [width], spec)) for level in levels)
+        self.prior_heads = nn.ModuleList(nn.Linear(width, 2 * dims[level]) for level in levels)
+        self.posterior_heads = nn.ModuleList(
+            nn.Sequential(*mlp_layers(2 * width, [width], spec), nn.Linear(width, 2 * dims[level]))
+            for level in levels
+        )
+        self.likelihood = build_likelihood(config.likelihood)
+        out_shape = (config.num_channels * self.likelihood.params_per_channel, config.image_size, config.image_size)
+        self.decoder = MLPDecoder(dims[0], list(reversed(config.hidden_sizes)), out_shape, spec)
+        self.top_prior = StandardNormal(dims[-1])
+        self.post_init()
+
+    # ------------------------------------------------------------------ the top-down pass
+    def _top_down(
+        self, pixel_values: torch.Tensor, num_samples: int, generator: torch.Generator | None, sample: bool
+    ) -> _Path:
+        features = []
+        hidden = pixel_values.flatten(1)
+        for block in self.bottom_up:
+            hidden = block(hidden)
+            features.append(hidden)
+        batch = pixel_values.shape[0]
+        top = _gaussian(self.top_posterior(features[-1]))
+        z = top.sample(generator, num_samples) if sample else top.mode().expand(num_samples, -1, -1)
+        latents, posteriors, priors = [z], [top], [None]
+        for level in reversed(range(len(self.config.latent_dims) - 1)):
+            top_down = self.top_down[level](z.reshape(num_samples * batch, -1))
+            prior = _gaussian(self.prior_heads[level](top_down))
+            bottom_up = features[level].expand(num_samples, -1, -1).reshape(num_samples * batch, -1)
+            posterior = _gaussian(self.posterior_heads[level](torch.cat([bottom_up, top_down], dim=-1)))
+            z = (posterior.sample(generator) if sample else posterior.mode()).view(num_samples, batch, -1)
+            latents.insert(0, z)
+            posteriors.insert(0, posterior)
+            priors.insert(0, prior)
+        return _Path(latents, posteriors, priors)
+
+    def _log_px_z(self, latents: torch.Tensor, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        count, batch = latents.shape[:2]
+        logits = self.decoder(latents.reshape(count * batch, -1), None)
+        targets = pixel_values.expand(count, *pixel_values.shape).reshape(count * batch, *pixel_values.shape[1:])
+        return -self.likelihood.nll(logits, targets).view(count, batch), logits
+
+    def _layer_kls(self, path: _Path, count: int, batch: int) -> list[torch.Tensor]:
+        """Per layer (bottom first), the closed-form KL of the posterior to its conditional prior, (K, B): exact for the
+        top layer, and exact given the drawn z_{l+1} below it."""
+        kls = []
+        for posterior, prior in zip(path.posteriors, path.priors, strict=True):
+            if prior is None:
+                kls.append(posterior.kl().expand(count, batch))
+            else:
+                kls.append(posterior.kl(prior).view(count, batch))
+        return kls
+
+    def _log_ratio(self, path: _Path, count: int, batch: int) -> torch.Tensor:
+        """sum over layers of log p(z_l | z_{l+1}) - log q(z_l | x, z_{l+1}), (K, B)."""
+        total = self.top_prior.log_prob(path.latents[-1]) - path.posteriors[-1].log_prob(path.latents[-1])
+        for latents, posterior, prior in zip(path.latents[:-1], path.posteriors[:-1], path.priors[:-1], strict=True):
+            flat = latents.reshape(count * batch, -1)
+            total = total + (prior.log_prob(flat) - posterior.log_prob(flat)).view(count, batch)
+        return total
+
+    @staticmethod
+    def _side_by_side(path: _Path, batch: int) -> DiagonalGaussian:
+        means = [posterior.mean.reshape(-1, batch, posterior.mean.shape[-1])[0] for posterior in path.posteriors]
+        logvars = [posterior.logvar.reshape(-1, batch, posterior.logvar.shape[-1])[0] for posterior in path.posteriors]
+        return DiagonalGaussian(torch.cat(means, dim=-1), torch.cat(logvars, dim=-1))
+
+    # ------------------------------------------------------------------ the contract
+    def encode(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> HVAEEncoderOutput:
+        pixel_values = self._prepare_pixels(pixel_values)
+        path = self._top_down(pixel_values, 1, None, sample=False)
+        batch = pixel_values.shape[0]
+        return HVAEEncoderOutput(latent_dist=self._side_by_side(path, batch), layer_dists=path.posteriors)
+
+    def decode(self, latents: torch.Tensor, labels: torch.Tensor | None = None) -> HVAEDecoderOutput:
+        """Decode the bottom layer's latents: (B, latent_dims[0]), or all layers side by side (B, sum(latent_dims)),
+        of which the decoder reads the first latent_dims[0]."""
+        bottom, total = self.config.latent_dims[0], self.config.latent_dim
+        if latents.dim() != 2 or latents.shape[1] not in (bottom, total):
+            raise ValueError(f"latents must be (batch, {bottom}) or (batch, {total}), got {tuple(latents.shape)}.")
+        logits = self.decoder(latents[:, :bottom].to(device=self.device, dtype=self.dtype), None)
+        return HVAEDecoderOutput(logits=logits, images=self.likelihood.mean(logits))
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        return_dict: bool = True,
+        sample_posterior: bool = True,
+        kl_weight: float = 1.0,
+        generator: torch.Generator | None = None,
+        reduction: str = "mean",
+    ) -> HVAEOutput | tuple:
+        if reduction not in ("mean", "none"):
+            raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}.")
+        pixel_values = self._prepare_pixels(pixel_values)
+        batch = pixel_values.shape[0]
+        count = self.config.num_importance_samples if sample_posterior else 1
+        path = self._top_down(pixel_values, count, generator, sample=sample_posterior)
+        log_px_z, logits = self._log_px_z(path.latents[0], pixel_values)
+        layer_kls = self._layer_kls(path, count, batch)
+        weight = self.config.beta * kl_weight
+        reconstruction = -log_px_z.mean(0)
+        kl = torch.stack(layer_kls).sum(0).mean(0)
+        if count > 1:
+            loss = -iwae_bound(log_px_z + weight * self._log_ratio(path, count, batch))
+        else:
+            loss = reconstruction + weight * kl
+        terms = {"recon_loss": reconstruction, "kl_loss": kl}
+        terms.update({f"kl_loss_{level + 1}": value.mean(0) for level, value in enumerate(layer_kls)})
+        if reduction == "mean":
+            loss, terms = loss.mean(), {name: value.mean() for name, value in terms.items()}
+            if self.training and self.config.free_bits > 0:
+                floor = sum(
+                    self._kl_per_unit(posterior, prior).mean(0).clamp(min=self.config.free_bits).sum()
+                    for posterior, prior in zip(path.posteriors, path.priors, strict=True)
+                )
+                loss = terms["recon_loss"] + weight * floor
+        output = HVAEOutput(
+            loss=loss, loss_terms=terms, logits=logits[:batch], latent_dist=self._side_by_side(path, batch)
+        )
+        return output if return_dict else output.to_tuple()
+
+    @staticmethod
+    def _kl_per_unit(posterior: DiagonalGaussian, prior: DiagonalGaussian | None) -> torch.Tensor:
+        return posterior.kl_per_dimension(prior)
+
+    def log_weights(
+        self,
+        pixel_values: torch.Tensor,
+        num_samples: int,
+        generator: torch.Generator | None = None,
+        labels: torch.Tensor | None = None,
+        for_elbo: bool = False,
+    ) -> torch.Tensor:
+        """(num_samples, B) log p(x, z_1..z_L) - log q(z_1..z_L | x) over the joint latents; with `for_elbo`,
+        log p(x | z_1) - sum of the layers' closed-form KLs (the same mean, less variance)."""
+        pixel_values = self._prepare_pixels(pixel_values)
+        batch = pixel_values.shape[0]
+        path = self._top_down(pixel_values, num_samples, generator, sample=True)
+        log_px_z, _ = self._log_px_z(path.latents[0], pixel_values)
+        if for_elbo:
+            return log_px_z - torch.stack(self._layer_kls(path, num_samples, batch)).sum(0)
+        return log_px_z + self._log_ratio(path, num_samples, batch)
+
+    @in_eval_mode
+    def sample(
+        self,
+        num_samples: int,
+        generator: torch.Generator | None = None,
+        labels: torch.Tensor | int | None = None,
+        temperature: float = 1.0,
+    ) -> torch.Tensor:
+        """Images decoded from the top-down prior: z_L ~ N(0, I), then each z_l ~ p(z_l | z_{l+1}); `temperature`
+        scales every layer's standard deviation."""
+        like = next(self.parameters())
+        z = self.top_prior.sample(num_samples, generator, like=like) * temperature
+        for level in reversed(range(len(self.config.latent_dims) - 1)):
+            prior = _gaussian(self.prior_heads[level](self.top_down[level](z)))
+            z = prior.mean + temperature * prior.std * standard_normal(tuple(prior.mean.shape), prior.mean, generator)
+        return self.decode(z).images
+
+    @in_eval_mode
+    def reconstruct(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decode(self.encode(pixel_values).latent_dist.mode()).images
+
+    @in_eval_mode
+    def interpolate(
+        self, start: torch.Tensor, end: torch.Tensor, steps: int = 8, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """A straight line between the two images' bottom-layer posterior means (see `VAEModel.interpolate`)."""
+        if steps < 2:
+            raise ValueError(f"steps must be at least 2 (the two end points), got {steps}.")
+        single = start.dim() == 3
+        if single:
+            start, end = start.unsqueeze(0), end.unsqueeze(0)
+        z_start, z_end = self.encode(start).latent_dist.mode(), self.encode(end).latent_dist.mode()
+        weights = torch.linspace(0, 1, steps, device=z_start.device, dtype=z_start.dtype).view(1, steps, 1)
+        path = torch.lerp(z_start.unsqueeze(1), z_end.unsqueeze(1), weights)
+        images = self.decode(path.reshape(-1, path.shape[-1])).images
+        images = images.view(path.shape[0], steps, *images.shape[1:])
+        return images[0] if single else images
+
+
+__all__ = ["HVAEModel", "HVAEPreTrainedModel", "HVAEOutput", "HVAEEncoderOutput", "HVAEDecoderOutput"]

@@ -218,9 +218,13 @@ def _standard_error(values: torch.Tensor) -> float | None:
 
 
 def summarize_figures(
-    figures: dict[str, torch.Tensor], num_pixels: int, labels: torch.Tensor | None = None
+    figures: dict[str, torch.Tensor],
+    num_pixels: int,
+    labels: torch.Tensor | None = None,
+    latent_layers: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Means over images (nats per image), bits per dimension, active units and per-class figures."""
+    """Means over images (nats per image), bits per dimension, active units (per layer too, for a hierarchy of
+    `latent_layers` sizes, bottom first) and per-class figures."""
     iwae_nll = float(figures["iwae_nll"].mean())
     summary: dict[str, Any] = {"negative_elbo": float(figures["negative_elbo"].mean())}
     if "kl_loss" in figures:
@@ -244,6 +248,9 @@ def summarize_figures(
         summary.update(
             active_units=count, active_unit_threshold=ACTIVE_UNIT_THRESHOLD, posterior_mean_variance=variances.tolist()
         )
+        if latent_layers and sum(latent_layers) == len(variances):
+            per_layer = variances.split(list(latent_layers))
+            summary["active_units_per_layer"] = [int((layer > ACTIVE_UNIT_THRESHOLD).sum()) for layer in per_layer]
     if "kl_per_dimension" in figures:
         summary["kl_per_dimension"] = figures["kl_per_dimension"].mean(0).tolist()
     if labels is not None:
@@ -293,7 +300,8 @@ def evaluate_model(
             max_batch_elements=max_batch_elements,
             progress=bar,
         )
-    results = summarize_figures(figures, config.num_channels * config.image_size**2, data.labels)
+    num_pixels = config.num_channels * config.image_size**2
+    results = summarize_figures(figures, num_pixels, data.labels, getattr(config, "latent_dims", None))
     results.update(
         {
             "iwae_samples": iwae_samples,

@@ -43,6 +43,7 @@ PICTURES = (
     ("latent_manifold.png", "The decoder over a grid of the latent space"),
     ("interpolation.png", "Walks through the latent space between pairs of test images"),
     ("training_curves.png", "Training curves"),
+    ("layers.png", "What each layer learned: the top layer fixed per row (left), the lower layers fixed (right)"),
 )
 FILE_DESCRIPTIONS = {
     "config.json": "the architecture and hyper-parameters",

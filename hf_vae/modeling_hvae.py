@@ -252,10 +252,21 @@ class HVAEModel(HVAEPreTrainedModel):
         """Images decoded from the top-down prior: z_L ~ N(0, I), then each z_l ~ p(z_l | z_{l+1}); `temperature`
         scales every layer's standard deviation."""
         like = next(self.parameters())
-        z = self.top_prior.sample(num_samples, generator, like=like) * temperature
+        top = self.top_prior.sample(num_samples, generator, like=like) * temperature
+        noise = [
+            standard_normal((num_samples, dim), like, generator) * temperature for dim in self.config.latent_dims[:-1]
+        ]
+        return self.decode_top_down(top, noise)
+
+    @in_eval_mode
+    def decode_top_down(self, top_latents: torch.Tensor, lower_noise: list[torch.Tensor]) -> torch.Tensor:
+        """Images from given top latents z_L (B, latent_dims[-1]) and, for each lower layer (bottom first), the standard
+        normal noise of its draw from p(z_l | z_{l+1}) (B, latent_dims[l]): holding one fixed while the other varies
+        shows what each level of the hierarchy decides."""
+        z = top_latents.to(device=self.device, dtype=self.dtype)
         for level in reversed(range(len(self.config.latent_dims) - 1)):
             prior = _gaussian(self.prior_heads[level](self.top_down[level](z)))
-            z = prior.mean + temperature * prior.std * standard_normal(tuple(prior.mean.shape), prior.mean, generator)
+            z = prior.mean + prior.std * lower_noise[level].to(prior.mean)
         return self.decode(z).images
 
     @in_eval_mode

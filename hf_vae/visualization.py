@@ -39,6 +39,7 @@ FIGURE_SIZES: dict[str, tuple[float, float]] = {
     "latent_manifold": (8.0, 8.0),
     "interpolation": (10.0, 5.8),
     "training_curves": (11.0, 8.0),
+    "layers": (12.0, 6.4),
 }
 # Titles of the training-curve panels of known loss terms; any other term of a family's `loss_terms` gets a panel
 # titled with its name.
@@ -542,12 +543,39 @@ def _draw_figures(
     if getattr(model.config, "latent_dim", None) == 2:
         figures["latent_manifold"] = plot_latent_manifold(model)
     figures["interpolation"] = plot_interpolation(model, pixel_values, labels, seed)
+    if hasattr(model, "decode_top_down"):
+        figures["layers"] = plot_layers(model, seed)
     if metrics_csv is not None and Path(metrics_csv).is_file():
         figures["training_curves"] = plot_training_curves(read_metrics(metrics_csv))
     caption = _default_caption(model) if caption is None else caption
     for figure in figures.values():
         _add_caption(figure, caption)
     return figures
+
+
+@in_eval_mode
+def plot_layers(model: HfVaePreTrainedModel, seed: int = 0, rows: int = 6, columns: int = 8) -> Figure:
+    """What each level of a hierarchical model decides, two grids of prior samples. Left: each row keeps one draw of
+    the top latents and resamples the layers below (what varies within a row is the lower layers' part). Right: each
+    row keeps the lower layers' noise and resamples the top (what varies is the top layer's part)."""
+    generator = torch.Generator().manual_seed(seed)
+    like = next(model.parameters())
+    dims = model.config.latent_dims
+    tops = torch.randn(max(rows, columns), dims[-1], generator=generator).to(like)
+    noises = [torch.randn(max(rows, columns), dim, generator=generator).to(like) for dim in dims[:-1]]
+
+    def grid(top_index, noise_index):
+        top = tops[top_index]
+        return model.decode_top_down(top, [noise[noise_index] for noise in noises])
+
+    row, column = torch.arange(rows).repeat_interleave(columns), torch.arange(columns).repeat(rows)
+    fixed_top = grid(row, column)
+    fixed_lower = grid(column, row)
+    figure = _figure("layers")
+    left, right = figure.subplots(1, 2)
+    _show_grid(left, _grid(fixed_top, columns), "Top layer fixed per row, lower layers resampled")
+    _show_grid(right, _grid(fixed_lower, columns), "Lower layers fixed per row, top layer resampled")
+    return figure
 
 
 # ---------------------------------------------------------------------------------------------- command line
@@ -607,6 +635,7 @@ __all__ = [
     "draw_figures",
     "figure_pixel_size",
     "plot_interpolation",
+    "plot_layers",
     "plot_latent_manifold",
     "plot_latent_space",
     "plot_reconstructions",

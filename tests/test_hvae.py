@@ -99,3 +99,32 @@ def test_a_brief_real_mnist_run_lowers_the_validation_loss(mnist_dir, tmp_path):
     val = [float(row["val_loss"]) for row in rows]
     assert len(val) == 3 and val[-1] < val[0] - 10, val
     assert {"train_kl_loss_1", "train_kl_loss_2", "val_kl_loss_1", "val_kl_loss_2"} <= set(rows[0])
+
+
+def test_layer_picture_holds_one_level_fixed_per_row():
+    from hf_vae.visualization import figure_pixel_size, plot_layers
+
+    torch.manual_seed(0)
+    model = HVAEModel(HVAEConfig(latent_dims=[4, 2], hidden_sizes=[16]))
+    top, noise = torch.randn(2, 2, generator=seeded(8)), [torch.randn(2, 4, generator=seeded(9))]
+    same_top = model.decode_top_down(top[[0, 0]], [noise[0]])
+    same_noise = model.decode_top_down(top, [noise[0][[0, 0]]])
+    assert not torch.equal(same_top[0], same_top[1]) and not torch.equal(same_noise[0], same_noise[1])
+    torch.testing.assert_close(model.decode_top_down(top, noise), model.decode_top_down(top, noise))
+    figure = plot_layers(model, seed=1)
+    figure.canvas.draw()
+    assert tuple(figure.canvas.get_width_height()) == figure_pixel_size("layers")
+    assert [axes.get_title() for axes in figure.axes] == [
+        "Top layer fixed per row, lower layers resampled",
+        "Lower layers fixed per row, top layer resampled",
+    ]
+
+
+def test_evaluation_counts_active_units_per_layer():
+    from hf_vae.evaluation import summarize_figures
+
+    means = torch.cat([torch.randn(50, 3, generator=seeded(10)), torch.zeros(50, 2)], dim=1)
+    figures = {name: torch.ones(50) for name in ("negative_elbo", "iwae_nll", "reference_style_loss", "loss")}
+    figures.update(reference_style_loss_posterior_mean=torch.ones(50), posterior_means=means)
+    summary = summarize_figures(figures, 784, latent_layers=[3, 2])
+    assert summary["active_units"] == 3 and summary["active_units_per_layer"] == [3, 0]

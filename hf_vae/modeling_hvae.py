@@ -273,22 +273,5 @@ class HVAEModel(HVAEPreTrainedModel):
     def reconstruct(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.decode(self.encode(pixel_values).latent_dist.mode()).images
 
-    @in_eval_mode
-    def interpolate(
-        self, start: torch.Tensor, end: torch.Tensor, steps: int = 8, labels: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """A straight line between the two images' bottom-layer posterior means (see `VAEModel.interpolate`)."""
-        if steps < 2:
-            raise ValueError(f"steps must be at least 2 (the two end points), got {steps}.")
-        single = start.dim() == 3
-        if single:
-            start, end = start.unsqueeze(0), end.unsqueeze(0)
-        z_start, z_end = self.encode(start).latent_dist.mode(), self.encode(end).latent_dist.mode()
-        weights = torch.linspace(0, 1, steps, device=z_start.device, dtype=z_start.dtype).view(1, steps, 1)
-        path = torch.lerp(z_start.unsqueeze(1), z_end.unsqueeze(1), weights)
-        images = self.decode(path.reshape(-1, path.shape[-1])).images
-        images = images.view(path.shape[0], steps, *images.shape[1:])
-        return images[0] if single else images
-
 
 __all__ = ["HVAEModel", "HVAEPreTrainedModel", "HVAEOutput", "HVAEEncoderOutput", "HVAEDecoderOutput"]

@@ -265,6 +265,38 @@ class HfVaePreTrainedModel(PreTrainedModel):
             raise ValueError(f"labels must be class indices in [0, {num_classes}), got {labels.tolist()}.")
         return F.one_hot(labels, num_classes).to(self.dtype)
 
+    # ------------------------------------------------------------------ built on the contract
+    @in_eval_mode
+    def interpolate(
+        self,
+        start: torch.Tensor,
+        end: torch.Tensor,
+        steps: int = 8,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Walk the latent space in a straight line from `start`'s posterior mode to `end`'s.
+
+        `start` and `end` are images (C, H, W) or batches (B, C, H, W); returns (steps, C, H, W) or
+        (B, steps, C, H, W), the first and last steps being the two reconstructions. Conditional models keep one
+        label along each path.
+        """
+        if steps < 2:
+            raise ValueError(f"steps must be at least 2 (the two end points), got {steps}.")
+        single = start.dim() == 3
+        if single:
+            start, end = start.unsqueeze(0), end.unsqueeze(0)
+        z_start = self.encode(start, labels).latent_dist.mode()
+        z_end = self.encode(end, labels).latent_dist.mode()
+        weights = torch.linspace(0, 1, steps, device=z_start.device, dtype=z_start.dtype).view(1, steps, 1)
+        path = torch.lerp(z_start.unsqueeze(1), z_end.unsqueeze(1), weights)  # (B, steps, D)
+        batch = path.shape[0]
+        path_labels = None
+        if labels is not None:
+            path_labels = torch.as_tensor(labels, device=self.device).view(-1).expand(batch).repeat_interleave(steps)
+        images = self.decode(path.reshape(batch * steps, -1), path_labels).images
+        images = images.view(batch, steps, *images.shape[1:])
+        return images[0] if single else images
+
     # ------------------------------------------------------------------ estimates built on `log_weights`
     def log_likelihood(
         self,

@@ -232,36 +232,6 @@ class VAEModel(VAEPreTrainedModel):
         """Decode each image's posterior mean: the deterministic reconstruction, (B, C, H, W)."""
         return self.decode(self.encode(pixel_values, labels).mean, labels).images
 
-    @in_eval_mode
-    def interpolate(
-        self,
-        start: torch.Tensor,
-        end: torch.Tensor,
-        steps: int = 8,
-        labels: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Walk the latent space in a straight line from `start`'s posterior mean to `end`'s.
-
-        `start` and `end` are images (C, H, W) or batches (B, C, H, W); returns (steps, C, H, W) or
-        (B, steps, C, H, W), the first and last steps being the two reconstructions.
-        """
-        if steps < 2:
-            raise ValueError(f"steps must be at least 2 (the two end points), got {steps}.")
-        single = start.dim() == 3
-        if single:
-            start, end = start.unsqueeze(0), end.unsqueeze(0)
-        z_start = self.encode(start, labels).mean
-        z_end = self.encode(end, labels).mean
-        weights = torch.linspace(0, 1, steps, device=z_start.device, dtype=z_start.dtype).view(1, steps, 1)
-        path = torch.lerp(z_start.unsqueeze(1), z_end.unsqueeze(1), weights)  # (B, steps, D)
-        batch = path.shape[0]
-        path_labels = None
-        if labels is not None:
-            path_labels = torch.as_tensor(labels, device=self.device).view(-1).expand(batch).repeat_interleave(steps)
-        images = self.decode(path.reshape(batch * steps, -1), path_labels).images
-        images = images.view(batch, steps, *images.shape[1:])
-        return images[0] if single else images
-
     # ------------------------------------------------------------------ pieces
     def _log_px_z(
         self, latents: torch.Tensor, condition: torch.Tensor | None, pixel_values: torch.Tensor

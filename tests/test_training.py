@@ -228,6 +228,42 @@ def test_two_processes_on_cpu_train_one_synchronised_model(synthetic, tmp_path):
     VAEModel.from_pretrained(output_dir)
 
 
+def test_two_machines_train_one_synchronised_model(synthetic, tmp_path):
+    """Two `accelerate launch` commands, one per "machine" (`--num_machines 2 --machine_rank 0|1`, one process each,
+    gloo over 127.0.0.1), as on a cluster whose machines share the output folder: each sees world size 2, both end
+    with identical weights, and only machine 0 writes the outputs and the epoch lines."""
+    output_dir = tmp_path / "two-machines"
+    launch = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "2", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port()),
+    ]  # fmt: skip
+    train = [
+        str(REPO / "scripts" / "train.py"), "--dataset_name", str(synthetic), *TINY, "--num_train_epochs", "2",
+        "--per_device_eval_batch_size", "8", "--output_dir", str(output_dir),
+    ]  # fmt: skip
+    machines = [
+        subprocess.Popen(
+            [*launch, "--machine_rank", str(rank), *train],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=subprocess_env(ACCELERATE_USE_CPU="1"),
+            cwd=REPO,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [machine.communicate(timeout=600) for machine in machines]
+    for machine, (_, stderr) in zip(machines, outputs, strict=True):
+        assert machine.returncode == 0, stderr
+    assert "hf-vae rank 0 of 2" in outputs[0][1] and "hf-vae rank 1 of 2" in outputs[1][1]
+    assert outputs[0][0].count("Epoch   2 |") == 1 and "Epoch" not in outputs[1][0]
+    results = read_json(output_dir / "train_results.json")
+    assert results["num_processes"] == 2 and results["weights_identical_across_processes"] is True
+    assert results["validation_images"] == VALIDATION_IMAGES
+    VAEModel.from_pretrained(output_dir)
+
+
 def test_refuses_a_multi_process_launch_that_runs_unsynchronised(synthetic, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)

@@ -34,6 +34,10 @@ PUBLISHED_ROWS = [
      "", "86.76 (5000)"),
     ("IWAE k=50, Burda et al. 2015 (published)", "MLP 200-200, 1 stochastic layer", "", "50", "dynamic", "3,280", "",
      "", "", "84.78 (5000)"),
+    ("VAE + VampPrior, Tomczak & Welling 2018 (published)", "MLP 300-300, 1 stochastic layer", "", "40", "dynamic",
+     "", "", "", "", "85.57 (5000)"),
+    ("IWAE k=50, 2 stochastic layers, Burda et al. 2015 (published)", "MLP, 2 stochastic layers", "", "100/50",
+     "dynamic", "3,280", "", "", "", "82.90 (5000)"),
 ]
 
 
@@ -57,18 +61,23 @@ def model_row(model_dir: Path) -> tuple[str, ...]:
     build = _read(model_dir / "build.json")
     training_args = _read(model_dir / "training_args.json")
     data = {"none": "grey", "dynamic": "dynamic", "static": "static"}[config["binarize"]]
-    architecture = config["architecture"]
+    architecture = config.get("architecture", "mlp")
     if architecture == "mlp":
         shape = "MLP " + "-".join(str(size) for size in config["hidden_sizes"])
     else:
         shape = "conv " + "-".join(str(size) for size in config["conv_channels"])
+    if "latent_dims" in config:  # a hierarchy: its layers, bottom first
+        shape += ", layers " + "/".join(str(size) for size in config["latent_dims"])
+    if config.get("prior", "standard_normal") == "vamp":
+        shape += f", VampPrior {config['num_pseudo_inputs']}"
     if config.get("num_importance_samples", 1) > 1:
         shape += f", IWAE k={config['num_importance_samples']}"
+    latent = config["latent_dim"] if "latent_dim" in config else sum(config["latent_dims"])
     return (
         f"[`pretrained/{model_dir.name}`](pretrained/{model_dir.name})",
         f"`{training_args['preset']}` ({shape})",
         f"{evaluation['num_parameters']:,}",
-        str(config["latent_dim"]),
+        str(latent),
         data,
         str(train_results["epochs_completed"]),
         _duration(build["train_command_seconds"]),

@@ -322,6 +322,18 @@ def _weights(model_dir: Path) -> str:
     return ", ".join([*sorted(dtypes), f"{path.stat().st_size / 2**20:.1f} MB"])
 
 
+def _prior_description(config: Any) -> str:
+    prior = getattr(config, "prior", "standard_normal")
+    if prior == "vamp":
+        return (
+            "the VampPrior (Tomczak & Welling 2018), a mixture of the posteriors of "
+            f"{config.num_pseudo_inputs} learned pseudo-inputs"
+        )
+    if hasattr(config, "latent_dims"):
+        return f"top-down over {len(config.latent_dims)} stochastic layers ({config.latent_dims}, bottom first)"
+    return "`N(0, I)`"
+
+
 def build_model_card(
     model_dir: str | os.PathLike,
     repo_id: str | None = None,
@@ -406,6 +418,7 @@ def build_model_card(
         latent_dim=config.latent_dim,
         num_importance_samples=config.num_importance_samples,
         likelihood=config.likelihood,
+        prior_description=_prior_description(config),
         likelihood_description=LIKELIHOODS.get(config.likelihood, f"a {config.likelihood} likelihood over pixels"),
         binarization=BINARIZATIONS.get(config.binarize),
         image_description=f"{config.image_size}x{config.image_size} {channels} images",

@@ -129,6 +129,14 @@ def _encode_means(
     return torch.cat(means)
 
 
+def _prior_name(model: HfVaePreTrainedModel) -> str:
+    """How a samples picture names the prior it drew from."""
+    if hasattr(model, "decode_top_down"):
+        return "the top-down prior"
+    names = {"StandardNormal": "N(0, I)", "VampPrior": "the VampPrior"}
+    return names.get(type(getattr(model, "prior", None)).__name__, "p(z)")
+
+
 # ---------------------------------------------------------------------------------------------- figures
 @in_eval_mode
 def plot_samples(model: HfVaePreTrainedModel, seed: int = 0, per_row: int = 10) -> Figure:
@@ -139,7 +147,7 @@ def plot_samples(model: HfVaePreTrainedModel, seed: int = 0, per_row: int = 10) 
     num_classes = model.config.num_classes
     if num_classes is None:
         images = model.sample(per_row * per_row, generator=generator)
-        _show_grid(axes, _grid(images, per_row), "Samples from the prior: decoder means at z ~ N(0, I)")
+        _show_grid(axes, _grid(images, per_row), f"Samples from the prior: decoder means at z ~ {_prior_name(model)}")
         return figure
     classes = list(range(min(num_classes, _MAX_SAMPLE_ROWS)))
     images = torch.cat([model.sample(per_row, generator=generator, labels=label) for label in classes])

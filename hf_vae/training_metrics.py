@@ -34,7 +34,7 @@ class RunningLosses:
     def __init__(self, accelerator: Accelerator, carried: list[float]):
         self.accelerator = accelerator
         self.names: list[str] | None = None
-        self.pending: list[tuple[int, int, torch.Tensor]] = []
+        self.pending: list[tuple[int, int, tuple[torch.Tensor, ...]]] = []
         self.carried = carried
         self.sums: torch.Tensor | None = None
 
@@ -47,14 +47,15 @@ class RunningLosses:
             self.sums = torch.zeros(len(self.names) + 1, dtype=torch.float64, device=self.accelerator.device)
             if self.carried and self.accelerator.is_main_process:
                 self.sums += torch.tensor(self.carried, dtype=torch.float64, device=self.accelerator.device)
-        values = torch.stack([outputs.loss.detach(), *(value.detach() for value in outputs.loss_terms.values())])
-        self.pending.append((step, batch_size, values))
+        # Kept as they are: stacking is done once per flush, not once per step.
+        terms = (value.detach() for value in outputs.loss_terms.values())
+        self.pending.append((step, batch_size, (outputs.loss.detach(), *terms)))
 
     def flush(self, epoch: int, last_checkpoint: Path | None) -> dict[str, float] | None:
         """Fold pending losses into the epoch sums; return the last step's values by name, or None."""
         if not self.pending:
             return None
-        values = torch.stack([entry[2] for entry in self.pending]).double()
+        values = torch.stack([torch.stack(entry[2]) for entry in self.pending]).double()
         sizes = torch.tensor([entry[1] for entry in self.pending], dtype=torch.float64, device=values.device)
         finite = torch.isfinite(values).all(dim=1)
         diverged = ~finite.all()

@@ -20,7 +20,7 @@ LIKELIHOODS = ("bernoulli", "discretized_logistic")
 NORMALIZATIONS = ("batch", "group", "none")
 BINARIZATIONS = ("none", "dynamic", "static")
 ACTIVATIONS = ("relu", "gelu", "silu", "elu", "leaky_relu", "tanh")
-PRIORS = ("standard_normal", "vamp")
+PRIORS = ("standard_normal", "vamp", "mog")
 
 # Named architectures. "mnist-2d" is the reference tutorial's network, unchanged, so its results can be
 # reproduced and beaten in the same architecture; "mnist" is the stronger default for (dynamically
@@ -160,8 +160,10 @@ class VAEConfig(PretrainedConfig):
             or `"static"`), recorded so that evaluation binarises the test set the same way.
         prior (`str`, defaults to `"standard_normal"`): the prior p(z) (see `priors.py`): `"standard_normal"` is
             N(0, I); `"vamp"` is the VampPrior (Tomczak & Welling 2018), a mixture of the posteriors of
-            `num_pseudo_inputs` learned pseudo-inputs, for unconditional models.
-        num_pseudo_inputs (`int`, defaults to 500): the VampPrior's number of pseudo-inputs (mixture components).
+            `num_pseudo_inputs` learned pseudo-inputs, for unconditional models; `"mog"` is a learned mixture of
+            `num_pseudo_inputs` diagonal Gaussians with learned weights.
+        num_pseudo_inputs (`int`, defaults to 500): the number of mixture components of the `"vamp"` and `"mog"`
+            priors (the VampPrior's pseudo-inputs).
     """
 
     model_type = "hf_vae"

@@ -329,6 +329,8 @@ def _prior_description(config: Any) -> str:
             "the VampPrior (Tomczak & Welling 2018), a mixture of the posteriors of "
             f"{config.num_pseudo_inputs} learned pseudo-inputs"
         )
+    if prior == "mog":
+        return f"a learned mixture of {config.num_pseudo_inputs} diagonal Gaussians"
     if hasattr(config, "latent_dims"):
         return f"top-down over {len(config.latent_dims)} stochastic layers ({config.latent_dims}, bottom first)"
     return "`N(0, I)`"

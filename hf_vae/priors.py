@@ -47,7 +47,54 @@ class StandardNormal(nn.Module):
         return posterior.kl()
 
 
-class VampPrior(nn.Module):
+class GaussianMixturePrior(nn.Module):
+    """A prior that is a mixture of K diagonal Gaussians: `components()` gives them, `log_mixture_weights()` their log
+    weights (uniform unless a subclass learns them). There is no closed-form KL to a Gaussian posterior; it is
+    estimated as log q(z|x) - log p(z) at posterior draws."""
+
+    has_closed_form_kl = False
+    latent_dim: int
+
+    def components(self) -> DiagonalGaussian:
+        raise NotImplementedError
+
+    def log_mixture_weights(self, count: int, like: torch.Tensor) -> torch.Tensor:
+        return torch.full((count,), -math.log(count), dtype=like.dtype, device=like.device)
+
+    def log_prob(self, latents: torch.Tensor) -> torch.Tensor:
+        """log sum_k w_k N(z; mean_k, var_k), over the last dimension. The squared distances are expanded into matrix
+        products, so that memory grows as latents x K, not latents x K x latent_dim."""
+        components = self.components()
+        flat = latents.reshape(-1, latents.shape[-1])
+        inverse_var = torch.exp(-components.logvar)  # (K, D)
+        quadratic = (
+            flat.pow(2) @ inverse_var.T
+            - 2 * flat @ (components.mean * inverse_var).T
+            + (components.mean.pow(2) * inverse_var).sum(-1)
+        )
+        log_components = -0.5 * (quadratic + components.logvar.sum(-1) + latents.shape[-1] * _LOG_2PI)
+        log_weights = self.log_mixture_weights(len(components.mean), log_components)
+        return torch.logsumexp(log_components + log_weights, dim=-1).view(latents.shape[:-1])
+
+    def _choose(self, count: int, num_samples: int, generator: torch.Generator | None, device: torch.device):
+        return torch.randint(count, (num_samples,), generator=generator, device=device)
+
+    def sample(
+        self, num_samples: int, generator: torch.Generator | None = None, like: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """A component chosen by its weight for each draw, then a draw from it."""
+        components = self.components()
+        device = generator.device if generator is not None else components.mean.device
+        chosen = self._choose(len(components.mean), num_samples, generator, device).to(components.mean.device)
+        noise = standard_normal((num_samples, self.latent_dim), components.mean, generator)
+        return components.mean[chosen] + components.std[chosen] * noise
+
+    def kl(self, posterior: DiagonalGaussian, latents: torch.Tensor) -> torch.Tensor:
+        """One-sample Monte Carlo estimate of KL(q(z|x) || p(z)) at `latents` drawn from q."""
+        return posterior.log_prob(latents) - self.log_prob(latents)
+
+
+class VampPrior(GaussianMixturePrior):
     """The VampPrior (Tomczak & Welling 2018): p(z) = (1/K) sum_k q(z | u_k), the mixture of the encoder's posteriors
     at K learned pseudo-inputs u_k, which the model learns with the rest of its weights.
 
@@ -55,11 +102,8 @@ class VampPrior(nn.Module):
     hardtanh), and start as uniform noise around 0.5 (so they are not all the same image). They are encoded with the
     model's own encoder, given at construction and kept outside this module's parameters (the encoder's weights
     belong to the model). BatchNorm layers encode them with their running statistics, in training too: the
-    pseudo-inputs must neither join the batch's statistics nor move the running ones. There is no closed-form KL; it
-    is estimated as log q(z|x) - log p(z) at posterior draws.
+    pseudo-inputs must neither join the batch's statistics nor move the running ones.
     """
-
-    has_closed_form_kl = False
 
     def __init__(self, latent_dim: int, num_pseudo_inputs: int, image_shape: tuple[int, int, int], encoder: nn.Module):
         super().__init__()
@@ -86,38 +130,38 @@ class VampPrior(nn.Module):
                 module.train(mode)
         return DiagonalGaussian(mean, logvar)
 
-    def log_prob(self, latents: torch.Tensor) -> torch.Tensor:
-        """log (1/K) sum_k N(z; mean_k, var_k), over the last dimension. The squared distances are expanded into
-        matrix products, so that memory grows as latents x K, not latents x K x latent_dim."""
-        components = self.components()
-        flat = latents.reshape(-1, latents.shape[-1])
-        inverse_var = torch.exp(-components.logvar)  # (K, D)
-        quadratic = (
-            flat.pow(2) @ inverse_var.T
-            - 2 * flat @ (components.mean * inverse_var).T
-            + (components.mean.pow(2) * inverse_var).sum(-1)
-        )
-        log_components = -0.5 * (quadratic + components.logvar.sum(-1) + latents.shape[-1] * _LOG_2PI)
-        log_mixture = torch.logsumexp(log_components, dim=-1) - math.log(self.pseudo_inputs.shape[0])
-        return log_mixture.view(latents.shape[:-1])
 
-    def sample(
-        self, num_samples: int, generator: torch.Generator | None = None, like: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """A component chosen uniformly for each draw, then a draw from it."""
-        components = self.components()
-        device = generator.device if generator is not None else components.mean.device
-        chosen = torch.randint(len(components.mean), (num_samples,), generator=generator, device=device)
-        chosen = chosen.to(components.mean.device)
-        noise = standard_normal((num_samples, self.latent_dim), components.mean, generator)
-        return components.mean[chosen] + components.std[chosen] * noise
+class MixtureOfGaussians(GaussianMixturePrior):
+    """A learned mixture of K diagonal Gaussians with learned weights: cheaper than the VampPrior (no encoder pass
+    per step) and independent of the encoder, so conditional models can use it too. The means start as N(0, I) draws,
+    the variances at 1 and the weights equal, so that at initialisation the prior is close to N(0, I) smeared out."""
 
-    def kl(self, posterior: DiagonalGaussian, latents: torch.Tensor) -> torch.Tensor:
-        """One-sample Monte Carlo estimate of KL(q(z|x) || p(z)) at `latents` drawn from q."""
-        return posterior.log_prob(latents) - self.log_prob(latents)
+    def __init__(self, latent_dim: int, num_components: int):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.means = nn.Parameter(torch.empty(num_components, latent_dim))
+        self.logvars = nn.Parameter(torch.empty(num_components, latent_dim))
+        self.logits = nn.Parameter(torch.empty(num_components))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        self.means.normal_()
+        self.logvars.zero_()
+        self.logits.zero_()
+
+    def components(self) -> DiagonalGaussian:
+        return DiagonalGaussian(self.means, self.logvars)
+
+    def log_mixture_weights(self, count: int, like: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.logits, dim=0).to(like.dtype)
+
+    def _choose(self, count: int, num_samples: int, generator: torch.Generator | None, device: torch.device):
+        weights = torch.softmax(self.logits.detach().float(), dim=0).to(device)
+        return torch.multinomial(weights, num_samples, replacement=True, generator=generator)
 
 
-PRIORS: dict[str, type[nn.Module]] = {"standard_normal": StandardNormal, "vamp": VampPrior}
+PRIORS: dict[str, type[nn.Module]] = {"standard_normal": StandardNormal, "vamp": VampPrior, "mog": MixtureOfGaussians}
 
 
 def build_prior(config, encoder: nn.Module | None = None) -> nn.Module:
@@ -127,7 +171,9 @@ def build_prior(config, encoder: nn.Module | None = None) -> nn.Module:
     if config.prior == "vamp":
         image_shape = (config.num_channels, config.image_size, config.image_size)
         return VampPrior(config.latent_dim, config.num_pseudo_inputs, image_shape, encoder)
+    if config.prior == "mog":
+        return MixtureOfGaussians(config.latent_dim, config.num_pseudo_inputs)
     raise ValueError(f"Unknown prior {config.prior!r}; available priors: {sorted(PRIORS)}.")
 
 
-__all__ = ["PRIORS", "StandardNormal", "VampPrior", "build_prior"]
+__all__ = ["PRIORS", "GaussianMixturePrior", "MixtureOfGaussians", "StandardNormal", "VampPrior", "build_prior"]

@@ -67,12 +67,15 @@ class ModelArguments:
     num_classes: int | None = field(
         default=None, metadata={"help": "Train a conditional VAE on the label column with this many classes."}
     )
-    prior: Literal["standard_normal", "vamp"] | None = field(
+    prior: Literal["standard_normal", "vamp", "mog"] | None = field(
         default=None,
-        metadata={"help": "The prior p(z): standard_normal, or vamp (the VampPrior, a mixture over learned inputs)."},
+        metadata={
+            "help": "The prior p(z): standard_normal, vamp (the VampPrior, a mixture over learned inputs) or mog (a "
+            "learned mixture of Gaussians)."
+        },
     )
     num_pseudo_inputs: int | None = field(
-        default=None, metadata={"help": "Pseudo-inputs (mixture components) of the VampPrior (default 500)."}
+        default=None, metadata={"help": "Mixture components of the vamp and mog priors (default 500)."}
     )
     binarize: Literal["none", "dynamic", "static"] | None = field(
         default=None,

@@ -133,7 +133,7 @@ def _prior_name(model: HfVaePreTrainedModel) -> str:
     """How a samples picture names the prior it drew from."""
     if hasattr(model, "decode_top_down"):
         return "the top-down prior"
-    names = {"StandardNormal": "N(0, I)", "VampPrior": "the VampPrior"}
+    names = {"StandardNormal": "N(0, I)", "VampPrior": "the VampPrior", "MixtureOfGaussians": "a mixture of Gaussians"}
     return names.get(type(getattr(model, "prior", None)).__name__, "p(z)")
 
 

@@ -40,3 +40,9 @@ class TestHierarchicalVAEIWAE(FamilyTester):
     config = HVAEConfig(image_size=28, latent_dims=[4, 2], hidden_sizes=[16], num_importance_samples=3)
     train_arguments = ["--preset", "mnist-hvae", "--latent_dims", "4", "2", "--hidden_sizes", "16",
                        "--num_importance_samples", "3"]  # fmt: skip
+
+
+class TestGaussianMixturePriorConditional(FamilyTester):
+    config = VAEConfig(image_size=28, latent_dim=2, hidden_sizes=[16], prior="mog", num_pseudo_inputs=3, num_classes=10)
+    train_arguments = ["--preset", "mnist", *TINY_MLP, "--prior", "mog", "--num_pseudo_inputs", "3",
+                       "--num_classes", "10"]  # fmt: skip

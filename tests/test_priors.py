@@ -109,3 +109,28 @@ def test_vamp_training_reaches_the_pseudo_inputs_and_its_bounds_are_ordered():
 def test_vamp_config_errors(overrides, message):
     with pytest.raises(ValueError, match=message):
         VAEConfig(prior="vamp", **overrides)
+
+
+def test_mixture_of_gaussians_log_prob_sampling_and_training():
+    from torch.distributions import Categorical, MixtureSameFamily
+
+    torch.manual_seed(0)
+    model = VAEModel(VAEConfig(image_size=8, latent_dim=3, hidden_sizes=[16], prior="mog", num_pseudo_inputs=4))
+    prior = model.prior
+    with torch.no_grad():
+        prior.logits.copy_(torch.tensor([2.0, 0.0, -1.0, 0.5]))
+        prior.logvars.uniform_(-1, 0.5)
+    mixture = MixtureSameFamily(
+        Categorical(logits=prior.logits.detach()),
+        Independent(Normal(prior.means.detach(), prior.logvars.detach().mul(0.5).exp()), 1),
+    )
+    latents = torch.randn(5, 7, 3, generator=seeded(11)) * 2
+    with torch.no_grad():
+        torch.testing.assert_close(prior.log_prob(latents), mixture.log_prob(latents), rtol=1e-5, atol=1e-5)
+        draws = prior.sample(50_000, generator=seeded(12))
+    assert abs(draws.mean(0) - mixture.mean).max() < 0.05
+    pixels = (torch.rand(6, 1, 8, 8, generator=seeded(13)) < 0.3).float()
+    model(pixels, generator=seeded(14)).loss.backward()
+    assert all(parameter.grad.abs().sum() > 0 for parameter in (prior.means, prior.logvars, prior.logits))
+    # Independent of the encoder: a conditional model may use it.
+    VAEConfig(prior="mog", num_classes=10)

@@ -13,6 +13,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+ARCHITECTURES = ("mlp", "conv")
 LIKELIHOODS = ("bernoulli", "discretized_logistic")
 BINARIZATIONS = ("none", "dynamic", "static")
 ACTIVATIONS = ("relu", "gelu", "silu", "elu", "leaky_relu", "tanh")
@@ -31,6 +32,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         "likelihood": "bernoulli",
         "binarize": "dynamic",
     },
+    # The conv variant for 32x32 colour photographs (CIFAR-10 and the like): a conv body [32, 64, 128] with a residual
+    # block per stage down to 4x4, a 512-wide top, z1 (64) under z2 (32), and the discretised logistic likelihood so
+    # that bits per dimension compare with the literature (and with the Gaussian VAE's rgb32-conv).
+    "rgb32-hvae-conv": {
+        "architecture": "conv",
+        "image_size": 32,
+        "num_channels": 3,
+        "latent_dims": [64, 32],
+        "conv_channels": [32, 64, 128],
+        "num_res_blocks": 1,
+        "hidden_sizes": [512],
+        "activation": "silu",
+        "normalization": "batch",
+        "likelihood": "discretized_logistic",
+        "binarize": "none",
+    },
 }
 
 
@@ -45,13 +62,21 @@ class HVAEConfig(PretrainedConfig):
     inference (Ladder VAE, Sønderby et al. 2016; NVAE, Vahdat & Kautz 2020).
 
     Generation: z_L ~ N(0, I), then z_l ~ p(z_l | z_{l+1}) for l = L-1..1, then x ~ p(x | z_1). Inference shares the
-    top-down path: a bottom-up MLP reads x once, and q(z_l | x, z_{l+1}) is computed from its features at level l and
-    the top-down features of z_{l+1}, so each layer's posterior knows what the layers above have chosen.
+    top-down path: a bottom-up network reads x once, and q(z_l | x, z_{l+1}) is computed from its features at level l
+    and the top-down features of z_{l+1}, so each layer's posterior knows what the layers above have chosen.
 
     Args:
+        architecture (`str`, defaults to `"mlp"`): what faces the pixels. `"mlp"` flattens the image into the bottom-up
+            MLP and decodes with an MLP; `"conv"` reads it with strided convolutions (`conv_channels`,
+            `num_res_blocks`, as for [`VAEConfig`]) before the bottom-up MLP, and decodes z_1 with transposed
+            convolutions. The stochastic layers are vectors in both (see [`HVAEModel`] for why).
         latent_dims (`list[int]`, defaults to `[64, 32]`): latent size of each stochastic layer, bottom first.
-        hidden_sizes (`list[int]`, defaults to `[512, 256]`): widths of the bottom-up MLP from the pixels to the first
-            layer's features; the decoder mirrors them. Every deeper level and the top-down blocks use the last width.
+        hidden_sizes (`list[int]`, defaults to `[512, 256]`): widths of the bottom-up MLP from the pixels (`"mlp"`) or
+            from the flattened conv features (`"conv"`) to the first layer's features; the MLP decoder mirrors them.
+            Every deeper level and the top-down blocks use the last width.
+        conv_channels (`list[int]`, defaults to `[32, 64]`): `"conv"` only: channels of the stride-2 stages, each
+            halving the image (`image_size` must be divisible by `2 ** len(conv_channels)`); the decoder mirrors them.
+        num_res_blocks (`int`, defaults to 0): `"conv"` only: residual blocks after each stage, as for [`VAEConfig`].
         activation, normalization: the hidden layers' activation and normalisation (`"batch"`, `"group"`, `"none"`).
         likelihood, binarize, image_size, num_channels: as for [`VAEConfig`].
         beta (`float`, defaults to 1.0): weight of the KL terms.
@@ -61,6 +86,7 @@ class HVAEConfig(PretrainedConfig):
 
     model_type = "hf_hvae"
 
+    architecture: str = "mlp"
     image_size: int = 28
     num_channels: int = 1
     latent_dims: list[int] = field(default_factory=lambda: [64, 32])
@@ -73,9 +99,11 @@ class HVAEConfig(PretrainedConfig):
     free_bits: float = 0.0
     num_importance_samples: int = 1
     num_classes: int | None = None
+    conv_channels: list[int] = field(default_factory=lambda: [32, 64])
+    num_res_blocks: int = 0
 
     def __post_init__(self, **kwargs: Any) -> None:
-        for name in ("latent_dims", "hidden_sizes"):
+        for name in ("latent_dims", "hidden_sizes", "conv_channels"):
             if isinstance(getattr(self, name), tuple):
                 setattr(self, name, list(getattr(self, name)))
         self._validate_fields()
@@ -83,6 +111,7 @@ class HVAEConfig(PretrainedConfig):
 
     def _validate_fields(self) -> None:
         for name, value, allowed in (
+            ("architecture", self.architecture, ARCHITECTURES),
             ("likelihood", self.likelihood, LIKELIHOODS),
             ("binarize", self.binarize, BINARIZATIONS),
             ("activation", self.activation, ACTIVATIONS),
@@ -92,6 +121,9 @@ class HVAEConfig(PretrainedConfig):
                 raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}.")
         _positive_int_list("latent_dims", self.latent_dims)
         _positive_int_list("hidden_sizes", self.hidden_sizes)
+        _positive_int_list("conv_channels", self.conv_channels)
+        if not isinstance(self.num_res_blocks, int) or isinstance(self.num_res_blocks, bool) or self.num_res_blocks < 0:
+            raise ValueError(f"`num_res_blocks` must be an integer >= 0, got {self.num_res_blocks!r}.")
         if len(self.latent_dims) < 2:
             raise ValueError(
                 f"`latent_dims` needs at least two stochastic layers for a hierarchical VAE, got {self.latent_dims}; "
@@ -105,6 +137,13 @@ class HVAEConfig(PretrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
+        if self.architecture == "conv" and self.image_size % 2 ** len(self.conv_channels):
+            stages = len(self.conv_channels)
+            raise ValueError(
+                f"`image_size` {self.image_size} must be divisible by 2 ** len(conv_channels) = {2**stages} for the "
+                f"conv architecture (one stride-2 stage per entry of `conv_channels` {self.conv_channels}): use fewer "
+                "stages or another image size (--image_size N resizes the data)."
+            )
         if self.num_importance_samples > 1 and self.free_bits > 0:
             raise ValueError("`free_bits` applies to the ELBO only: set free_bits to 0 or num_importance_samples to 1.")
         if self.num_classes is not None:
@@ -120,9 +159,15 @@ class HVAEConfig(PretrainedConfig):
         return self.num_channels * self.image_size * self.image_size
 
     def describe_architecture(self) -> str:
+        conv = (
+            f"conv_channels={self.conv_channels}, num_res_blocks={self.num_res_blocks}, "
+            if self.architecture == "conv"
+            else ""
+        )
         return (
-            f"latent_dims={self.latent_dims}, hidden_sizes={self.hidden_sizes}, image_size={self.image_size}, "
-            f"num_channels={self.num_channels}, normalization={self.normalization!r}, likelihood={self.likelihood!r}"
+            f"architecture={self.architecture!r}, latent_dims={self.latent_dims}, {conv}"
+            f"hidden_sizes={self.hidden_sizes}, image_size={self.image_size}, num_channels={self.num_channels}, "
+            f"normalization={self.normalization!r}, likelihood={self.likelihood!r}"
         )
 
     @classmethod

@@ -1,5 +1,5 @@
 """hf-vae's hierarchical VAE: stochastic layers z_1 (bottom) ... z_L (top) with top-down inference, as in the Ladder
-VAE (Sønderby et al. 2016) and NVAE (Vahdat & Kautz 2020), on MLP blocks.
+VAE (Sønderby et al. 2016) and NVAE (Vahdat & Kautz 2020), on MLP blocks or with convolutions facing the pixels.
 
 Generation runs top-down: z_L ~ N(0, I), z_l ~ p(z_l | z_{l+1}), x ~ p(x | z_1). Inference reads x once bottom-up
 (features d_1 ... d_L) and then follows the same top-down path: q(z_L | x) from d_L, and q(z_l | x, z_{l+1}) from d_l
@@ -21,7 +21,7 @@ from transformers.utils import ModelOutput
 from .configuration_hvae import HVAEConfig
 from .distributions import DiagonalGaussian, standard_normal
 from .estimators import iwae_bound
-from .layers import BlockSpec, MLPDecoder, mlp_layers
+from .layers import BlockSpec, ConvDecoder, ConvFeatures, MLPDecoder, mlp_layers
 from .likelihoods import build_likelihood
 from .modeling_utils import HfVaePreTrainedModel, in_eval_mode
 from .priors import StandardNormal
@@ -78,6 +78,16 @@ class HVAEPreTrainedModel(HfVaePreTrainedModel):
 class HVAEModel(HVAEPreTrainedModel):
     """A hierarchical VAE with top-down inference.
 
+    With `architecture="conv"` only the two ends that touch pixels change: the bottom-up path starts with the shared
+    strided-convolution body (`layers.ConvFeatures`) whose flattened feature map feeds the bottom-up MLP, and z_1 is
+    decoded by the shared transposed-convolution `ConvDecoder`. The stochastic layers stay vectors, and the top-down
+    blocks MLPs, on purpose: the family contract hands latents around as (B, D) vectors (`decode`, the side-by-side
+    posterior whose means give per-layer active units, the per-layer noise of `decode_top_down` and the layers
+    picture), and all of it then works unchanged for either architecture. Spatial latents (NVAE's latent channels on a
+    grid) pay off with many groups at several resolutions, a model far beyond what this family trains on a CPU; at
+    32x32 with a 4x4 smallest map they would buy little over a vector while adding a second kind of latent. Convolutions
+    are where the images' spatial structure is learnt, and both ends have them.
+
     ```python
     >>> from hf_vae.configuration_hvae import HVAEConfig
     >>> from hf_vae.modeling_hvae import HVAEModel
@@ -91,7 +101,15 @@ class HVAEModel(HVAEPreTrainedModel):
         super().__init__(config)
         spec = BlockSpec(config.normalization, config.activation, 0.0)
         width, dims = config.hidden_sizes[-1], config.latent_dims
-        self.bottom_up = nn.ModuleList([nn.Sequential(*mlp_layers(config.num_pixels, config.hidden_sizes, spec))])
+        self.likelihood = build_likelihood(config.likelihood)
+        out_shape = (config.num_channels * self.likelihood.params_per_channel, config.image_size, config.image_size)
+        if config.architecture == "conv":
+            conv = (config.image_size, config.conv_channels, config.num_res_blocks)
+            body = ConvFeatures(config.num_channels, *conv, spec)
+            first = nn.Sequential(body, *mlp_layers(body.out_features, config.hidden_sizes, spec))
+        else:
+            first = nn.Sequential(*mlp_layers(config.num_pixels, config.hidden_sizes, spec))
+        self.bottom_up = nn.ModuleList([first])
         self.bottom_up.extend(nn.Sequential(*mlp_layers(width, [width], spec)) for _ in dims[1:])
         self.top_posterior = nn.Linear(width, 2 * dims[-1])
         # Top-down block l (l = 0 .. L-2): features of z_{l+2} -> the prior of z_{l+1} and, with d_{l+1}, its posterior.
@@ -102,9 +120,10 @@ class HVAEModel(HVAEPreTrainedModel):
             nn.Sequential(*mlp_layers(2 * width, [width], spec), nn.Linear(width, 2 * dims[level]))
             for level in levels
         )
-        self.likelihood = build_likelihood(config.likelihood)
-        out_shape = (config.num_channels * self.likelihood.params_per_channel, config.image_size, config.image_size)
-        self.decoder = MLPDecoder(dims[0], list(reversed(config.hidden_sizes)), out_shape, spec)
+        if config.architecture == "conv":
+            self.decoder = ConvDecoder(dims[0], *conv, out_shape[0], spec)
+        else:
+            self.decoder = MLPDecoder(dims[0], list(reversed(config.hidden_sizes)), out_shape, spec)
         self.top_prior = StandardNormal(dims[-1])
         self.post_init()
 
@@ -113,7 +132,7 @@ class HVAEModel(HVAEPreTrainedModel):
         self, pixel_values: torch.Tensor, num_samples: int, generator: torch.Generator | None, sample: bool
     ) -> _Path:
         features = []
-        hidden = pixel_values.flatten(1)
+        hidden = pixel_values if self.config.architecture == "conv" else pixel_values.flatten(1)
         for block in self.bottom_up:
             hidden = block(hidden)
             features.append(hidden)

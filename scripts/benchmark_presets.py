@@ -76,13 +76,15 @@ def main() -> None:
     rows = []
     peak = matmul_gflops()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32 matmul {peak:.1f} GFLOP/s")
-    print(f"{'preset':<12} {'samples/s':>10} {'MFLOP/sample':>13} {'GFLOP/s':>8} {'of matmul':>10}")
-    for name in args.presets or sorted(presets()):
+    names = args.presets or sorted(presets())
+    width = max(12, *map(len, names))
+    print(f"{'preset':<{width}} {'samples/s':>10} {'MFLOP/sample':>13} {'GFLOP/s':>8} {'of matmul':>10}")
+    for name in names:
         row = benchmark_preset(name, args.steps, args.batch_size)
         row["fraction_of_matmul"] = round(row["achieved_gflops"] / peak, 3)
         rows.append(row)
         print(
-            f"{name:<12} {row['samples_per_second']:>10.0f} {row['mflop_per_sample']:>13.2f} "
+            f"{name:<{width}} {row['samples_per_second']:>10.0f} {row['mflop_per_sample']:>13.2f} "
             f"{row['achieved_gflops']:>8.1f} {row['fraction_of_matmul']:>10.2f}",
             flush=True,
         )

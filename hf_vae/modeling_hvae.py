@@ -24,7 +24,7 @@ from .estimators import iwae_bound
 from .layers import BlockSpec, ConvDecoder, ConvFeatures, MLPDecoder, mlp_layers
 from .likelihoods import build_likelihood
 from .modeling_utils import HfVaePreTrainedModel, in_eval_mode
-from .priors import StandardNormal
+from .priors import StandardNormal, VampPrior
 
 
 @dataclass
@@ -67,6 +67,22 @@ class _Path:
     latents: list[torch.Tensor]
     posteriors: list[DiagonalGaussian]
     priors: list[DiagonalGaussian | None]
+
+
+class _TopPosterior(nn.Module):
+    """The bottom-up path and the top layer's posterior head as one encoder, pixels -> (mean, logvar) of q(z_L | x),
+    for the VampPrior's pseudo-inputs. It holds the model's own modules: it is kept by the prior outside the model's
+    submodules, so the weights are neither saved twice nor trained apart."""
+
+    def __init__(self, bottom_up: nn.ModuleList, top_posterior: nn.Linear, flatten: bool):
+        super().__init__()
+        self.bottom_up, self.top_posterior, self.flatten = bottom_up, top_posterior, flatten
+
+    def forward(self, pixel_values: torch.Tensor, condition: None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = pixel_values.flatten(1) if self.flatten else pixel_values
+        for block in self.bottom_up:
+            hidden = block(hidden)
+        return self.top_posterior(hidden).chunk(2, dim=-1)
 
 
 class HVAEPreTrainedModel(HfVaePreTrainedModel):
@@ -124,7 +140,12 @@ class HVAEModel(HVAEPreTrainedModel):
             self.decoder = ConvDecoder(dims[0], *conv, out_shape[0], spec)
         else:
             self.decoder = MLPDecoder(dims[0], list(reversed(config.hidden_sizes)), out_shape, spec)
-        self.top_prior = StandardNormal(dims[-1])
+        if config.prior == "vamp":
+            top_encoder = _TopPosterior(self.bottom_up, self.top_posterior, flatten=config.architecture == "mlp")
+            image_shape = (config.num_channels, config.image_size, config.image_size)
+            self.top_prior = VampPrior(dims[-1], config.num_pseudo_inputs, image_shape, top_encoder)
+        else:
+            self.top_prior = StandardNormal(dims[-1])
         self.post_init()
 
     # ------------------------------------------------------------------ the top-down pass
@@ -159,10 +180,12 @@ class HVAEModel(HVAEPreTrainedModel):
 
     def _layer_kls(self, path: _Path, count: int, batch: int) -> list[torch.Tensor]:
         """Per layer (bottom first), the closed-form KL of the posterior to its conditional prior, (K, B): exact for the
-        top layer, and exact given the drawn z_{l+1} below it."""
+        top layer (estimated at the drawn z_L for the VampPrior), and exact given the drawn z_{l+1} below it."""
         kls = []
         for posterior, prior in zip(path.posteriors, path.priors, strict=True):
-            if prior is None:
+            if prior is None and not self.top_prior.has_closed_form_kl:
+                kls.append(self.top_prior.kl(posterior, path.latents[-1]))
+            elif prior is None:
                 kls.append(posterior.kl().expand(count, batch))
             else:
                 kls.append(posterior.kl(prior).view(count, batch))
@@ -268,8 +291,8 @@ class HVAEModel(HVAEPreTrainedModel):
         labels: torch.Tensor | int | None = None,
         temperature: float = 1.0,
     ) -> torch.Tensor:
-        """Images decoded from the top-down prior: z_L ~ N(0, I), then each z_l ~ p(z_l | z_{l+1}); `temperature`
-        scales every layer's standard deviation."""
+        """Images decoded from the top-down prior: z_L ~ p(z_L) (N(0, I) or the VampPrior), then each
+        z_l ~ p(z_l | z_{l+1}); `temperature` scales every layer's standard deviation (and the top draws)."""
         like = next(self.parameters())
         top = self.top_prior.sample(num_samples, generator, like=like) * temperature
         noise = [

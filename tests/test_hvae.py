@@ -12,6 +12,7 @@ import torch
 from test_training import read_metrics, train_here
 
 from hf_vae.configuration_hvae import HVAEConfig
+from hf_vae.distributions import DiagonalGaussian
 from hf_vae.estimators import chunked_log_weights, iwae_bound
 from hf_vae.modeling_hvae import HVAEModel
 
@@ -33,9 +34,10 @@ def toy_model() -> HVAEModel:
 
 
 CONV = {"architecture": "conv", "conv_channels": [4, 8]}
+VAMP = {"prior": "vamp", "num_pseudo_inputs": 7}
 
 
-@pytest.mark.parametrize("architecture", [{}, CONV], ids=["mlp", "conv"])
+@pytest.mark.parametrize("architecture", [{}, CONV, VAMP], ids=["mlp", "conv", "vamp"])
 def test_iwae_is_at_least_the_elbo_and_grows_with_k(architecture):
     torch.manual_seed(0)
     model = HVAEModel(HVAEConfig(latent_dims=[6, 3], hidden_sizes=[16], **architecture)).eval()
@@ -209,3 +211,23 @@ def test_a_brief_real_mnist_run_of_the_conv_variant_lowers_the_validation_loss(m
     val = [float(row["val_loss"]) for row in rows]
     assert len(val) == 3 and val[-1] < val[0] - 10, val
     assert {"val_kl_loss_1", "val_kl_loss_2"} <= set(rows[0])
+
+
+def test_the_vamp_prior_is_the_mixture_of_the_top_posteriors_of_the_pseudo_inputs():
+    torch.manual_seed(0)
+    config = HVAEConfig(latent_dims=[4, 3], hidden_sizes=[16], normalization="batch", prior="vamp", num_pseudo_inputs=5)
+    model = HVAEModel(config).train()
+    with torch.no_grad():
+        model.top_prior.pseudo_inputs.uniform_(0, 1, generator=seeded(18))
+        model(torch.rand(7, 1, 28, 28, generator=seeded(19)))  # moves the BatchNorm running statistics
+        top = model.eval().encode(model.top_prior.pseudo_inputs).layer_dists[-1]
+        model.train()  # the prior encodes its pseudo-inputs with the running statistics in training too
+        latents = torch.randn(6, 3, generator=seeded(20))
+        components = torch.stack([DiagonalGaussian(top.mean[k], top.logvar[k]).log_prob(latents) for k in range(5)])
+        torch.testing.assert_close(model.top_prior.log_prob(latents), components.logsumexp(0) - math.log(5))
+    assert all(module.training for module in model.modules())  # pseudo-inputs encoded in eval mode, then put back
+    trained = model(torch.rand(4, 1, 28, 28, generator=seeded(21)), generator=seeded(22))
+    trained.loss.backward()
+    assert model.top_prior.pseudo_inputs.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="free_bits"):
+        HVAEConfig(latent_dims=[4, 3], prior="vamp", free_bits=0.5)

@@ -175,8 +175,7 @@ class HVAEModel(HVAEPreTrainedModel):
     def _log_px_z(self, latents: torch.Tensor, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         count, batch = latents.shape[:2]
         logits = self.decoder(latents.reshape(count * batch, -1), None)
-        targets = pixel_values.expand(count, *pixel_values.shape).reshape(count * batch, *pixel_values.shape[1:])
-        return -self.likelihood.nll(logits, targets).view(count, batch), logits
+        return -self.likelihood.nll(logits.view(count, batch, *logits.shape[1:]), pixel_values), logits
 
     def _layer_kls(self, path: _Path, count: int, batch: int) -> list[torch.Tensor]:
         """Per layer (bottom first), the closed-form KL of the posterior to its conditional prior, (K, B): exact for the

@@ -189,7 +189,10 @@ class DemoSession:
         try:
             colour = decode_image(image, "RGB", None, self.processor.max_image_pixels)
         except ImageDecodeError as error:
-            raise DemoInputError(f"Cannot use this file: {error}. Upload a PNG or JPEG image of a digit.") from None
+            reason = str(error)
+            if isinstance(image, (str, Path)):  # name the upload, not the server's temporary path
+                reason = reason.replace(str(image), Path(image).name)
+            raise DemoInputError(f"Cannot use this file: {reason}. Upload a PNG or JPEG image of a digit.") from None
         channels = colour.astype(np.int16)
         if self.processor.num_channels == 1 and np.abs(channels - channels.mean(-1, keepdims=True)).max() > 48:
             notes.append("This model was trained on grey digits: the colour image was converted to grey.")
@@ -314,8 +317,9 @@ def build_demo(model: torch.nn.Module, processor: VAEImageProcessor | None = Non
                                         spec.minimum,
                                         spec.maximum,
                                         value=spec.value,
-                                        step=(spec.maximum - spec.minimum) / 200,
+                                        step=0.01,
                                         label=spec.label,
+                                        min_width=240,
                                         elem_id=f"explore-slider-{len(sliders)}",
                                     )
                                 )
@@ -369,7 +373,7 @@ def build_demo(model: torch.nn.Module, processor: VAEImageProcessor | None = Non
             with gr.Row():
                 seen = gr.Image(label="What the model sees", type="pil", elem_id="reconstruct-input", format="png")
                 rebuilt = gr.Image(label="Reconstruction", type="pil", elem_id="reconstruct-output", format="png")
-            scores = gr.Markdown(elem_id="reconstruct-scores")
+            scores = gr.Markdown(elem_id="reconstruct-scores", label="Scores")
 
             def reconstruct(image):
                 shown, reconstruction, score = state.reconstruct(image)

@@ -14,6 +14,7 @@ A new family adds one builder to `EXPLORERS`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -107,8 +108,9 @@ def plane_explorer(model: torch.nn.Module, cloud: LatentCloud) -> Explorer:
     low = cloud.points.min(0).values
     high = cloud.points.max(0).values
     pad = (high - low).clamp_min(1e-3) * 0.05
-    low, high = (low - pad).tolist(), (high + pad).tolist()
-    centre = cloud.points.mean(0).tolist()
+    low = [math.floor(value * 100) / 100 for value in (low - pad).tolist()]
+    high = [math.ceil(value * 100) / 100 for value in (high + pad).tolist()]
+    centre = [round(value, 2) for value in cloud.points.mean(0).tolist()]
     decode = _decoder(model)
 
     def to_pixel(x: float, y: float) -> tuple[int, int]:

@@ -230,6 +230,40 @@ def push_to_hub(
     return commit
 
 
+def push_space(
+    repo_id: str,
+    space_id: str | None = None,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    endpoint: str | None = None,
+) -> CommitInfo:
+    """Create (or update) the Gradio Space that serves model repo `repo_id`'s demo: app.py, requirements.txt and a
+    README with `sdk: gradio` front matter (see `space.space_files`), in one commit. `space_id` defaults to
+    `<repo_id>-demo`."""
+    from .space import space_files, space_id_for
+
+    space_id = space_id or space_id_for(repo_id)
+    validate_repo_id(space_id)
+    token = token or get_token()
+    if not token:
+        raise HubPushError(f"No Hugging Face token found: creating the demo Space needs one. {LOGIN_HINT}.")
+    api = HfApi(endpoint=endpoint, token=token)
+    try:
+        api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+        operations = [
+            CommitOperationAdd(path_in_repo=name, path_or_fileobj=content)
+            for name, content in space_files(repo_id).items()
+        ]
+        commit = api.create_commit(
+            space_id, operations, repo_type="space", commit_message=f"Demo of {repo_id} with hf-vae"
+        )
+    except (HfHubHTTPError, TransportError) as error:
+        raise _explain(error, api.endpoint, space_id) from error
+    logger.info("Pushed the demo Space %s", commit.commit_url)
+    return commit
+
+
 def push_model(model: Any, repo_id: str, **kwargs: Any) -> CommitInfo:
     """`model.push_to_hub(repo_id, ...)` for hf-vae models: the model saved as `save_pretrained` saves it, plus the
     results and pictures of the folder it was loaded from (`model.name_or_path`, when that is a local folder holding

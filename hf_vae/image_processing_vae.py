@@ -110,8 +110,8 @@ def _image_to_array(image: Image.Image, mode: str, image_size: int | None, max_p
     width, height = image.size
     if limit and width * height > limit:
         raise ImageDecodeError(
-            f"it is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels), over the "
-            f"{limit / 1e6:.0f}-megapixel limit that guards against decompression bombs; shrink it first"
+            f"it is {width}x{height} pixels ({width * height / 1e6:.3g} megapixels), over the "
+            f"{limit / 1e6:.3g}-megapixel limit that guards against decompression bombs; shrink it first"
             + (f" (it is resized to {image_size}x{image_size} anyway)" if image_size else "")
         )
     if image.mode.startswith("I;16"):  # 16-bit greyscale: scale 0..65535 to 0..255 (PIL's convert clips it)
@@ -132,8 +132,8 @@ def _image_to_array(image: Image.Image, mode: str, image_size: int | None, max_p
 
 
 def _as_list(images: Any) -> list:
-    """One image or a batch as a list of single images: lists and tuples, 4-D arrays/tensors, and 3-D tensors whose
-    first axis is not a channel axis (a batch of grey images) are batches."""
+    """One image or a batch as a list of single images: lists and tuples, 4-D arrays/tensors, 3-D tensors whose
+    first axis and 3-D arrays whose last axis is not a channel axis (1, 3 or 4: batches of grey images) are batches."""
     if isinstance(images, (list, tuple)):
         return list(images)
     if isinstance(images, torch.Tensor):
@@ -141,7 +141,7 @@ def _as_list(images: Any) -> list:
             return list(images)
         return [images]
     if isinstance(images, np.ndarray):
-        if images.ndim == 4 or (images.ndim == 3 and images.shape[-1] not in (1, 3, 4) and images.shape[0] > 4):
+        if images.ndim == 4 or (images.ndim == 3 and images.shape[-1] not in (1, 3, 4)):
             return list(images)
         return [images]
     return [images]
@@ -263,8 +263,9 @@ class VAEImageProcessor(BaseImageProcessor):
         """Images -> `BatchFeature` with `pixel_values` (N, C, H, W) floats in [0, 1].
 
         Args:
-            images: a PIL image, a numpy array ((H, W) or (H, W, C); uint8 0..255 or floats in [0, 1]), a tensor
-                ((H, W), (C, H, W), or a batch (N, C, H, W)), encoded bytes or a file path; or a list of them.
+            images: a PIL image, a numpy array ((H, W) or (H, W, C), or a batch (N, H, W) / (N, H, W, C); uint8
+                0..255 or floats in [0, 1]), a tensor ((H, W), (C, H, W), or a batch (N, H, W) / (N, C, H, W)),
+                encoded bytes or a file path; or a list of them.
             return_tensors: "pt" (default) or "np".
             binarize: draw binary pixels (one Bernoulli draw seeded with `seed`); default: when the model was
                 trained on binarised data, as evaluation does.

@@ -206,6 +206,12 @@ def downloaded(published, hub_server, tmp_path_factory):
         model = AutoModel.from_pretrained(repo_id, trust_remote_code=True)
         save_file(model.state_dict(), "remote.safetensors")
         print("class module:", type(model).__module__)
+        from PIL import Image
+        from transformers import AutoImageProcessor
+
+        processor = AutoImageProcessor.from_pretrained(repo_id, trust_remote_code=True)
+        pixels = processor(Image.new("RGB", (40, 30), (255, 255, 255)), return_tensors="pt").pixel_values
+        print("processor:", type(processor).__module__, tuple(pixels.shape), float(pixels.min()))
 
         # The card's own snippets, as written: loading without hf-vae, then sampling / encoding / decoding.
         card = open(hf_hub_download(repo_id, "README.md"), encoding="utf-8").read()
@@ -297,6 +303,7 @@ def test_trust_remote_code_loads_without_hf_vae(published, downloaded):
     remote = downloaded.remote
     assert remote.returncode == 0, remote.stderr
     assert "class module: transformers_modules." in remote.stdout
+    assert "processor: transformers_modules." in remote.stdout and "(1, 1, 28, 28) 1.0" in remote.stdout
     assert "hf_vae modules: []" in remote.stdout
     assert "snippet images: (16, 1, 28, 28) (16, 1, 28, 28)" in remote.stdout
     assert_same_weights(downloaded.remote_root / "remote.safetensors", published.v2 / "model.safetensors")

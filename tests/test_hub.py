@@ -443,8 +443,8 @@ def test_collect_files_leaves_out_local_only_files(tmp_path):
     code = {"configuration_vae.py", "modeling_vae.py", "modeling_utils.py", "layers.py", "distributions.py",
             "priors.py", "likelihoods.py", "estimators.py", "image_processing_vae.py"}  # fmt: skip
     assert files == {
-        "config.json", "preprocessor_config.json", "model.safetensors", "metrics.csv", "training_args.json", "train_results.json",
-        "eval_results.json", "evaluation.json", *PICTURES, "runs/events/log", *code,
+        "config.json", "preprocessor_config.json", "model.safetensors", "metrics.csv", "training_args.json",
+        "train_results.json", "eval_results.json", "evaluation.json", *PICTURES, "runs/events/log", *code,
     }  # fmt: skip
 
 

@@ -125,3 +125,18 @@ def test_a_processor_that_contradicts_the_model_is_refused(tmp_path):
     VAEImageProcessor(image_size=32).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="preprocessor_config.json makes 1-channel 32px images"):
         VAEImageProcessor.for_model(VAEModel.from_pretrained(tmp_path))
+
+
+def test_committed_models_carry_a_processor_matching_their_config():
+    from pathlib import Path
+
+    from hf_vae.families import config_class, model_type_of
+
+    folders = sorted(path.parent for path in (Path(__file__).resolve().parents[1] / "pretrained").glob("*/config.json"))
+    assert folders
+    for folder in folders:
+        processor = AutoImageProcessor.from_pretrained(folder)
+        config = config_class(model_type_of(folder)).from_pretrained(folder)
+        assert type(processor) is VAEImageProcessor, folder.name
+        expected = (config.image_size, config.num_channels, config.binarize)
+        assert (processor.image_size, processor.num_channels, processor.binarize) == expected, folder.name

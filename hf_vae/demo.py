@@ -183,6 +183,8 @@ class DemoSession:
             raise DemoInputError("No image: draw a digit on the sketchpad or upload an image file.")
         notes: list[str] = []
         if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[-1] == 4:
+            if not image[..., 3].any():
+                raise DemoInputError("The sketchpad is empty: pick the brush and draw a digit first.")
             rgba = image.astype(np.float32) / 255.0
             white = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])  # strokes over white paper
             image = np.round(white * 255).astype(np.uint8)

@@ -130,6 +130,8 @@ def test_bad_inputs_are_readable_errors_or_warnings(tmp_path):
     assert "This model was trained on grey digits: the colour image was converted to grey." in notes
     with pytest.raises(DemoInputError, match="No image"):
         session.reconstruct(None)
+    with pytest.raises(DemoInputError, match="The sketchpad is empty"):
+        session.reconstruct({"background": None, "layers": [], "composite": np.zeros((280, 280, 4), np.uint8)})
     with pytest.raises(DemoInputError, match="Steps must be between 2 and 32"):
         session.interpolate(str(tmp_path / "photo.png"), str(tmp_path / "photo.png"), 1)
     assert session.interpolate(str(tmp_path / "photo.png"), str(tmp_path / "photo.png"), 4).size == (

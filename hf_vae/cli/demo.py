@@ -3,6 +3,7 @@ Interpolate) on 127.0.0.1. Gradio and torch are imported only once the options a
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--port {args.port} is not a port number; use 1-65535 (or leave it out).")
     if args.max_explore_samples < 1:
         raise UsageError("--max_explore_samples must be at least 1.")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no usage reports unless asked for
     try:
         import gradio  # noqa: F401
     except ImportError:

@@ -177,7 +177,8 @@ class DemoSession:
         """An upload (a file path or bytes) or a sketch (an array, or Gradio's editor value) as the model's
         `pixel_values` (1, C, H, W), and notes on what was done to it. A light background is inverted, since
         MNIST-like models know light digits on black."""
-        if isinstance(image, dict):  # the sketchpad's value: the strokes drawn over the background
+        sketch = isinstance(image, dict)
+        if sketch:  # the sketchpad's value: the strokes drawn over the background
             image = image.get("composite")
         if image is None:
             raise DemoInputError("No image: draw a digit on the sketchpad or upload an image file.")
@@ -201,7 +202,8 @@ class DemoSession:
         uint8 = self.processor.load_images(Image.fromarray(colour))
         if uint8.float().mean() > 127:
             uint8 = 255 - uint8
-            notes.append("Light background: inverted to a light digit on black, as the model was trained.")
+            if not sketch:
+                notes.append("Light background: inverted to a light digit on black, as the model was trained.")
         return self.processor.to_pixel_values(uint8), notes
 
     def _label_for(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor | None, list[str]]:
@@ -407,7 +409,7 @@ def _sketchpad(gr: Any, label: str, elem_id: str):
         image_mode="RGBA",
         canvas_size=(280, 280),
         fixed_canvas=True,
-        brush=gr.Brush(default_size=22, colors=["#000000"], color_mode="fixed"),
+        brush=gr.Brush(default_size=16, colors=["#000000"], color_mode="fixed"),
         sources=("upload",),
         elem_id=elem_id,
         layers=False,

@@ -113,6 +113,11 @@ def test_reconstruct_scores_against_the_threshold(tmp_path):
     sketch[50:230, 120:160] = (0, 0, 0, 255)
     pixel_values, notes = session.read_image({"background": None, "layers": [], "composite": sketch})
     assert pixel_values[0, 0, 14, 14] == 1.0 and pixel_values[0, 0, 2, 2] == 0.0
+    assert notes == []
+    upload = np.full((40, 40), 255, np.uint8)
+    upload[5:35, 18:22] = 0  # a dark digit on white paper, uploaded: inverted, and said so
+    pixel_values, notes = session.read_image(upload)
+    assert pixel_values[0, 0, 14, 14] == 1.0 and pixel_values[0, 0, 2, 2] == 0.0
     assert notes == ["Light background: inverted to a light digit on black, as the model was trained."]
     assert DemoSession(_vae()).reconstruct(str(tmp_path / "digit.png"))[2].is_anomaly is None
 

@@ -1,8 +1,8 @@
 """`hf-vae demo` in a real browser: the command is started on a free loopback port with the committed 2-D model, and
 headless Chromium (Debian's `chromium` + `chromium-driver`, driven by Selenium; `.ci/run` installs them) checks that
-the page loads, Generate draws a grid, moving an Explore slider changes the decoded digit, an uploaded digit comes
-back with a score, and a file that is not an image shows the error while the page keeps working. The app's Python API
-is checked with `gradio_client` against the same server.
+the page loads, Generate draws a grid, moving an Explore slider changes the decoded digit, a file that is not an image
+shows the error while the page keeps working, and an uploaded digit and a drawn one come back with their scores. The
+app's Python API is checked with `gradio_client` against the same server.
 
 Every wait is explicit (a condition with a timeout); nothing sleeps. Screenshots go to $HF_VAE_SCREENSHOTS when set
 (`HF_VAE_SCREENSHOTS=docs/screenshots pytest tests/test_demo_browser.py` refreshes the README's), else to tmp_path.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -153,6 +154,14 @@ def _image_src(driver, elem_id: str) -> str | None:
     return found[0].get_attribute("src") if found else None
 
 
+def _negative_elbo(driver) -> str | None:
+    """The negative ELBO the Reconstruct tab shows (None while there is none)."""
+    from selenium.webdriver.common.by import By
+
+    found = re.search(r"Negative ELBO: ([0-9.]+) nats", driver.find_element(By.ID, "reconstruct-scores").text)
+    return found.group(1) if found else None
+
+
 def _open_tab(driver, name: str) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
@@ -163,6 +172,7 @@ def _open_tab(driver, name: str) -> None:
 
 
 def test_the_demo_in_a_browser(demo_url, browser, inputs, screenshots):
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
@@ -213,6 +223,23 @@ def test_the_demo_in_a_browser(demo_url, browser, inputs, screenshots):
     assert "Negative ELBO:" in text and "IWAE NLL:" in text and f"vs threshold {THRESHOLD:.2f}" in text, scores.text
     assert _pixels(_image_src(browser, "reconstruct-output")).std() > 20
     browser.save_screenshot(str(screenshots / "reconstruct.png"))
+
+    # Drawing: pick the brush, draw a vertical stroke on the sketchpad, score it.
+    sketchpad = browser.find_element(By.ID, "reconstruct-sketch")
+    sketchpad.find_element(By.CSS_SELECTOR, "button[aria-label='Brush']").click()
+    canvas = sketchpad.find_elements(By.CSS_SELECTOR, "canvas")[-1]
+    stroke = ActionChains(browser).move_to_element_with_offset(canvas, 0, -90).click_and_hold()
+    for _ in range(9):
+        stroke.move_by_offset(0, 20)
+    stroke.release().perform()
+    uploaded, uploaded_input = _negative_elbo(browser), _image_src(browser, "reconstruct-input")
+    browser.find_element(By.ID, "score-sketch").click()
+    wait.until(lambda driver: _negative_elbo(driver) not in (None, uploaded))
+    wait.until(lambda driver: _image_src(driver, "reconstruct-input") not in (None, uploaded_input))
+    assert "IWAE NLL:" in browser.find_element(By.ID, "reconstruct-scores").text
+    drawn = _pixels(_image_src(browser, "reconstruct-input"))
+    assert drawn[drawn.shape[0] // 2, drawn.shape[1] // 2] > 200 and drawn[6, 6] < 50  # a light stroke on black
+    browser.save_screenshot(str(screenshots / "draw.png"))
 
 
 def test_the_apps_python_api(demo_url, inputs):

@@ -356,8 +356,8 @@ def test_push_to_a_branch_a_pull_request_and_a_private_repo(hub_server, hub_toke
 
 def test_push_adds_the_remote_code_a_folder_lacks(hub_server, hub_token, hub_repo_id, tmp_path):
     folder = make_model_folder(tmp_path / "model", extras=False)
-    for name in ("configuration_vae.py", "modeling_vae.py"):
-        (folder / name).unlink()
+    for name in ("configuration_vae.py", "modeling_vae.py", "image_processing_vae.py", "preprocessor_config.json"):
+        (folder / name).unlink()  # as saved before image processors existed, without code
     config = json.loads((folder / "config.json").read_text())
     del config["auto_map"]
     (folder / "config.json").write_text(json.dumps(config))
@@ -365,7 +365,12 @@ def test_push_adds_the_remote_code_a_folder_lacks(hub_server, hub_token, hub_rep
     push_to_hub(folder, hub_repo_id, token=hub_token, endpoint=hub_server)
     assert folder_state(folder) == before
     api = HfApi(endpoint=hub_server, token=hub_token)
-    assert {"configuration_vae.py", "modeling_vae.py"} <= set(api.list_repo_files(hub_repo_id))
+    files = set(api.list_repo_files(hub_repo_id))
+    assert {"configuration_vae.py", "modeling_vae.py", "image_processing_vae.py", "preprocessor_config.json"} <= files
+    processor_file = hf_hub_download(hub_repo_id, "preprocessor_config.json", endpoint=hub_server, cache_dir=tmp_path)
+    processor = json.loads(Path(processor_file).read_text())
+    assert processor["auto_map"] == {"AutoImageProcessor": "image_processing_vae.VAEImageProcessor"}
+    assert (processor["image_size"], processor["num_channels"], processor["binarize"]) == (28, 1, "dynamic")
     pushed = json.loads(
         Path(hf_hub_download(hub_repo_id, "config.json", endpoint=hub_server, cache_dir=tmp_path)).read_text()
     )

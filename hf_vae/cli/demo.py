@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--port {args.port} is not a port number; use 1-65535 (or leave it out).")
     if args.max_explore_samples < 1:
         raise UsageError("--max_explore_samples must be at least 1.")
+    from ..families import check_model_location
+
+    check_model_location(model, args.revision)  # a wrong path fails at once, before Gradio and torch load
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no usage reports unless asked for
     try:
         import gradio  # noqa: F401

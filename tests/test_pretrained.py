@@ -52,7 +52,8 @@ def test_folder_holds_weights_config_card_and_results_and_no_code(model_dir):
     the package's own modules), so the package is the only copy anyone edits."""
     files = {path.name for path in model_dir.iterdir()}
     expected = {
-        "config.json", "model.safetensors", "README.md", "evaluation.json", "eval_results.json", "train_results.json",
+        "config.json", "preprocessor_config.json", "model.safetensors", "README.md", "evaluation.json",
+        "eval_results.json", "train_results.json",
         "training_args.json", "metrics.csv", "build.json", "samples.png", "reconstructions.png", "latent_space.png",
         "interpolation.png", "training_curves.png",
     }  # fmt: skip

@@ -18,6 +18,7 @@ from .arguments import UsageError
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("hf_vae.cli.train", "train a model with Accelerate on a `datasets` image dataset"),
     "evaluate": ("hf_vae.cli.evaluate", "negative ELBO, IWAE log-likelihood, active units, anomaly scores"),
+    "fit-sampler": ("hf_vae.cli.fit_sampler", "fit the Gaussian mixture latent sampler (sample(sampler='gmm'))"),
     "visualize": ("hf_vae.cli.visualize", "samples, reconstructions, latent maps, interpolations, curves"),
     "push": ("hf_vae.cli.push", "upload a trained model folder, with its model card, to the Hub"),
     "convert": ("hf_vae.cli.convert", "convert a tutorial `best_vae_model.pth` checkpoint to an hf-vae model"),

@@ -23,6 +23,8 @@ _EXPORTS = {
     "VAEOutput": "modeling_vae",
     "VAEEncoderOutput": "modeling_vae",
     "VAEDecoderOutput": "modeling_vae",
+    "FeatureNetwork": "feature_network",
+    "FeatureNetworkConfig": "feature_network",
 }
 _registered = False
 

@@ -47,8 +47,8 @@ def fit_gaussian_mixture(
     points: torch.Tensor,
     num_components: int = DEFAULT_COMPONENTS,
     seed: int = 0,
-    max_iterations: int = 200,
-    tolerance: float = 1e-5,
+    max_iterations: int = 100,
+    tolerance: float = 1e-4,
     regularization: float = 1e-6,
 ) -> tuple[GaussianMixtureSampler, dict[str, Any]]:
     """A full-covariance Gaussian mixture fitted to (N, D) points by EM, and a report (iterations, mean log-likelihood

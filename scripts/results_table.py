@@ -87,9 +87,17 @@ def model_row(model_dir: Path) -> tuple[str, ...]:
     )
 
 
+def vae_model_dirs(pretrained_dir: Path = PRETRAINED_DIR) -> list[Path]:
+    """The committed models of hf-vae's families (not the feature network `pretrained/mnist-classifier`)."""
+    from hf_vae.families import FAMILIES, model_type_of
+
+    folders = (path.parent for path in pretrained_dir.glob("*/config.json"))
+    return sorted(folder for folder in folders if model_type_of(folder) in FAMILIES)
+
+
 def results_table(pretrained_dir: Path = PRETRAINED_DIR) -> str:
     """The Markdown table: the committed models (sorted by name), then the published figures."""
-    model_dirs = sorted(path.parent for path in pretrained_dir.glob("*/config.json"))
+    model_dirs = vae_model_dirs(pretrained_dir)
     rows = [model_row(model_dir) for model_dir in model_dirs] + PUBLISHED_ROWS
     lines = [HEADER, "|" + " --- |" * HEADER.count(" | ") + " --- |"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]

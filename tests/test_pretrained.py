@@ -19,10 +19,10 @@ from hf_vae.evaluation import load_split
 from hf_vae.hub import collect_files
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MODEL_DIRS = sorted(path.parent for path in (REPO_ROOT / "pretrained").glob("*/config.json"))
-
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 import results_table  # noqa: E402
+
+MODEL_DIRS = results_table.vae_model_dirs(REPO_ROOT / "pretrained")  # the VAEs, not the feature network
 
 
 def evaluation_pixel_values(images: torch.Tensor, binarize: str, seed: int = 0) -> torch.Tensor:

@@ -54,6 +54,7 @@ def test_folder_holds_weights_config_card_and_results_and_no_code(model_dir):
     }  # fmt: skip
     if json.loads((model_dir / "config.json").read_text())["latent_dim"] == 2:
         expected.add("latent_manifold.png")
+    expected |= {name for name in ("gmm_sampler.safetensors", "sample_metrics.json") if (model_dir / name).is_file()}
     assert files == expected
     assert {path.as_posix() for path in collect_files(model_dir)} == expected - {"README.md"}
 
@@ -96,6 +97,23 @@ def test_loads_with_from_pretrained_and_generates(model_dir):
     assert model.num_parameters() == evaluation["num_parameters"]
     images = model.sample(4, generator=torch.Generator().manual_seed(0))
     assert images.shape == (4, 1, 28, 28) and 0 <= images.min() and images.max() <= 1 and images.std() > 0.05
+
+
+def test_sample_quality_is_stated_in_the_card_and_the_gmm_sampler_loads(model_dir):
+    """Where sample quality was measured, the card carries its figures, and the Gaussian mixture it measured loads
+    with the model."""
+    if not (model_dir / "sample_metrics.json").is_file():
+        pytest.skip("no sample quality measured for this model")
+    report = json.loads((model_dir / "sample_metrics.json").read_text())
+    text = (model_dir / "README.md").read_text()
+    assert report["num_samples"] == 10_000
+    assert report["command"].startswith(f"hf-vae evaluate pretrained/{model_dir.name} ")
+    model = VAEModel.from_pretrained(model_dir)
+    assert tuple(report["samplers"]) == model.samplers
+    for sampler, figures in report["samplers"].items():
+        assert f"| `{sampler}` | {figures['frechet_distance']:.2f} |" in text
+        if "class_fidelity" in figures:
+            assert f"{figures['class_fidelity']:.2%}" in text
 
 
 def test_weights_reproduce_the_committed_negative_elbo(model_dir, mnist_dir):

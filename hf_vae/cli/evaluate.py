@@ -5,6 +5,7 @@ torch is imported only once the options are parsed."""
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,9 @@ class EvaluationArguments:
             "help": "Feature network of --sample_metrics (folder or Hub repo). Default: the clone's "
             "pretrained/mnist-classifier."
         },
+    )
+    sample_metrics_output: str | None = field(
+        default=None, metadata={"help": "Also write the --sample_metrics report alone to this JSON file."}
     )
     precision_recall_k: int = field(
         default=3, metadata={"help": "k of the k-NN manifolds of precision and recall (0: skip them)."}
@@ -165,8 +169,11 @@ def main(argv: list[str] | None = None) -> int:
             neighbours=args.precision_recall_k or None,
         )
         report["feature_network"] = args.feature_network or "pretrained/mnist-classifier"
+        report["command"] = shlex.join(["hf-vae", "evaluate", *(sys.argv[2:] if argv is None else argv)])
         results["sample_metrics"] = report
         print(format_sample_metrics(report))
+        if args.sample_metrics_output is not None:
+            Path(args.sample_metrics_output).write_text(json.dumps(report, indent=2) + "\n")
     if args.anomaly_scores_output is not None:
         report = run_anomaly_scoring(args, model, data)
         results["anomaly"] = report

@@ -125,8 +125,12 @@ def test_weights_reproduce_the_committed_negative_elbo(model_dir, mnist_dir):
     data = load_split(str(mnist_dir), model.config, "test")
     pixels = evaluation_pixel_values(data.images, model.config.binarize, evaluation["seed"])
     generator = torch.Generator().manual_seed(123)
+    labels = data.labels if model.config.num_classes is not None else None
     negative_elbo = torch.cat(
-        [model.negative_elbo(batch, num_samples=10, generator=generator) for batch in pixels.split(1000)]
+        [
+            model.negative_elbo(batch, None if labels is None else labels[i : i + 1000], 10, generator)
+            for i, batch in zip(range(0, len(pixels), 1000), pixels.split(1000), strict=True)
+        ]
     )
     assert len(negative_elbo) == evaluation["num_images"] == 10_000
     assert abs(negative_elbo.mean().item() - evaluation["negative_elbo"]) < 0.2

@@ -25,6 +25,8 @@ _EXPORTS = {
     "VAEEncoderOutput": "modeling_vae",
     "VAEDecoderOutput": "modeling_vae",
     "VAEImageProcessor": "image_processing_vae",
+    "FeatureNetwork": "feature_network",
+    "FeatureNetworkConfig": "feature_network",
 }
 _registered = False
 

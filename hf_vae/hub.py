@@ -48,6 +48,7 @@ TEMPORARY_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".lock", ".swp", ".p
 # What a folder holds beside the weights that `model.push_to_hub` carries over from the folder a model was loaded from.
 RESULT_FILES = (
     "metrics.csv",
+    "sample_metrics.json",
     "training_args.json",
     "train_results.json",
     "eval_results.json",

@@ -54,6 +54,8 @@ FILE_DESCRIPTIONS = {
     "eval_results.json": "the evaluation of the best model at the end of training",
     "evaluation.json": "the results of `hf-vae evaluate`",
     "build.json": "the commands that trained and evaluated this model, and their wall times",
+    "gmm_sampler.safetensors": "the latent sampler of `sample(..., sampler='gmm')`, fitted by `hf-vae fit-sampler`",
+    "sample_metrics.json": "sample quality measured by `hf-vae evaluate --sample_metrics`",
     CONVERSION_NAME: "where the weights were converted from and how the conversion was checked (`hf-vae convert`)",
     **{file: caption.lower() for file, caption in PICTURES},
 }
@@ -229,6 +231,30 @@ def _evaluation(evaluation: dict | None, latent_dim: int) -> tuple[list[tuple[st
         settings += f", binarisation `{evaluation['binarize']}`"
     if errors:
         settings += "; ± is one standard error over the images"
+    return rows, settings + "."
+
+
+def _sample_quality(report: dict | None) -> tuple[list[tuple[str, str, str, str, str]], str | None]:
+    """Rows (sampler, Fréchet distance, precision, recall, class fidelity) of `sample_metrics.json`, and how they were
+    measured."""
+    if not report or not isinstance(report.get("samplers"), dict):
+        return [], None
+    rows = []
+    for sampler, figures in report["samplers"].items():
+        if not isinstance(figures, dict) or not _is_number(figures.get("frechet_distance")):
+            continue
+        cells = [f"{figures[key]:.3f}" if _is_number(figures.get(key)) else "" for key in ("precision", "recall")]
+        fidelity = figures.get("class_fidelity")
+        rows.append(
+            (sampler, f"{figures['frechet_distance']:.2f}", *cells, f"{fidelity:.2%}" if _is_number(fidelity) else "")
+        )
+    settings = (
+        f"{_number(report.get('num_samples'))} samples per sampler (seed {report.get('seed')}) against "
+        f"{_number(report.get('num_real_images'))} test images, in the features of "
+        f"`{report.get('feature_network', 'the feature network')}`"
+    )
+    if report.get("command"):
+        settings += f", measured with `{report['command']}`"
     return rows, settings + "."
 
 
@@ -438,6 +464,7 @@ def build_model_card(
         evaluation_rows=evaluation_rows,
         evaluation_settings=evaluation_settings,
         per_class_rows=_per_class(evaluation),
+        sample_quality=_sample_quality(_read_json(model_dir / "sample_metrics.json")),
         conversion=conversion,
         license=license,
         pictures=[(file, caption) for file, caption in PICTURES if file in present],

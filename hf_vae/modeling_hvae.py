@@ -289,15 +289,29 @@ class HVAEModel(HVAEPreTrainedModel):
         generator: torch.Generator | None = None,
         labels: torch.Tensor | int | None = None,
         temperature: float = 1.0,
+        sampler: str = "prior",
     ) -> torch.Tensor:
-        """Images decoded from the top-down prior: z_L ~ p(z_L) (N(0, I) or the VampPrior), then each
-        z_l ~ p(z_l | z_{l+1}); `temperature` scales every layer's standard deviation (and the top draws)."""
+        """Images decoded from the top-down prior: z_L ~ p(z_L) (N(0, I) or the VampPrior, or a post-hoc sampler of
+        `self.samplers` fitted to the top layer's posterior means), then each z_l ~ p(z_l | z_{l+1}); `temperature`
+        scales every layer's standard deviation (and the top draws)."""
         like = next(self.parameters())
-        top = self.top_prior.sample(num_samples, generator, like=like) * temperature
+        top = self._posthoc_latents(sampler, num_samples, generator, temperature)
+        if top is None:
+            top = self.top_prior.sample(num_samples, generator, like=like) * temperature
         noise = [
             standard_normal((num_samples, dim), like, generator) * temperature for dim in self.config.latent_dims[:-1]
         ]
         return self.decode_top_down(top, noise)
+
+    @property
+    def sampler_latent_dim(self) -> int:
+        return self.config.latent_dims[-1]
+
+    sampler_latent_description = "z_L, the top layer"
+
+    def sampler_latents(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The top layer's posterior means (the last `latent_dims[-1]` of the side-by-side posterior)."""
+        return self.encode(pixel_values, labels).latent_dist.mode()[:, -self.config.latent_dims[-1] :]
 
     @in_eval_mode
     def decode_top_down(self, top_latents: torch.Tensor, lower_noise: list[torch.Tensor]) -> torch.Tensor:

@@ -7,8 +7,9 @@ The family contract. Every family's model implements:
 - `forward(pixel_values, labels=None, *, generator=None, kl_weight=1.0, sample_posterior=True, reduction="mean")`
   -> an output with `loss` and `loss_terms`, a dict of named terms in nats per image (batch means, or per image with
   `reduction="none"`), named as their metrics.csv columns (`train_<name>`, `val_<name>`);
-- `sample(num_samples, generator=None, labels=None, temperature=1.0)` and `reconstruct(pixel_values, labels=None)`
-  -> images;
+- `sample(num_samples, generator=None, labels=None, temperature=1.0, sampler="prior")` and
+  `reconstruct(pixel_values, labels=None)` -> images; `sampler` is one of `model.samplers`: "prior", and "gmm" once a
+  post-hoc Gaussian mixture is fitted (`hf-vae fit-sampler`, saved beside the weights as `gmm_sampler.safetensors`);
 - `log_weights(pixel_values, num_samples, generator=None, labels=None, for_elbo=False)` -> (num_samples, B) values
   log p(x, z_k) - log q(z_k | x), where the family has a likelihood (see `estimators`).
 
@@ -30,6 +31,7 @@ from typing import Any, TypeVar
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -38,6 +40,7 @@ _Method = TypeVar("_Method", bound=Callable[..., Any])
 # `from_pretrained` keywords that only say where and how to read a folder (no config overrides): with only these, the
 # weights' shapes can be checked against the config before loading.
 _LOADING_OPTIONS = {"ignore_mismatched_sizes", "revision", "cache_dir", "local_files_only", "token", "force_download"}
+GMM_SAMPLER_FILE = "gmm_sampler.safetensors"
 
 
 @contextmanager
@@ -74,11 +77,100 @@ def _hf_vae_function(module: str, name: str) -> Callable[..., Any] | None:
         return None
 
 
+class GaussianMixtureSampler:
+    """A Gaussian mixture over a model's latent space, fitted after training to the posterior means of the training
+    images (Ghosh et al. 2020; pythae's GMMSampler): drawing from it instead of the prior avoids the prior's regions
+    that no image encodes to ("holes"), which decode to blurry non-digits.
+
+    Holds component weights (K,), means (K, D) and full covariances (K, D, D); sampling needs only torch."""
+
+    def __init__(
+        self,
+        weights: torch.Tensor,
+        means: torch.Tensor,
+        covariances: torch.Tensor,
+        metadata: dict[str, str] | None = None,
+    ):
+        if means.dim() != 2 or weights.shape != means.shape[:1] or covariances.shape != (*means.shape, means.shape[1]):
+            raise ValueError(
+                f"A Gaussian mixture needs weights (K,), means (K, D) and covariances (K, D, D); got "
+                f"{tuple(weights.shape)}, {tuple(means.shape)} and {tuple(covariances.shape)}."
+            )
+        if not (torch.isfinite(weights).all() and torch.isfinite(means).all() and torch.isfinite(covariances).all()):
+            raise ValueError("The Gaussian mixture's parameters contain NaN or infinite values; fit it again.")
+        if (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError("The Gaussian mixture's weights must be non-negative with a positive sum.")
+        # float32 as saved, and the Cholesky factor computed from the saved values: a reloaded mixture draws the
+        # same latents bit for bit.
+        total = weights.double().sum()
+        self.weights = weights.float() if abs(total - 1) < 1e-6 else (weights.double() / total).float()
+        self.means = means.float()
+        self.covariances = covariances.float()
+        scale_tril, info = torch.linalg.cholesky_ex(self.covariances.double())
+        if info.any():
+            raise ValueError("A covariance of the Gaussian mixture is not positive definite; fit it again.")
+        self.scale_tril = scale_tril.float()
+        self.metadata = dict(metadata or {})  # how it was fitted (data, seed, ...), saved in the file's header
+
+    @property
+    def num_components(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def latent_dim(self) -> int:
+        return self.means.shape[1]
+
+    def sample(
+        self,
+        num_samples: int,
+        generator: torch.Generator | None = None,
+        temperature: float = 1.0,
+        like: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(num_samples, D) latents: a component per sample by weight, then its mean plus `temperature` times its
+        Cholesky factor times N(0, I) noise, drawn on the generator's device and moved to `like`'s device and dtype."""
+        device = generator.device if generator is not None else torch.device("cpu")
+        components = torch.multinomial(self.weights.to(device), num_samples, replacement=True, generator=generator)
+        noise = torch.randn(num_samples, self.latent_dim, 1, generator=generator, device=device)
+        scale_tril = self.scale_tril.to(device)[components]
+        latents = self.means.to(device)[components] + temperature * (scale_tril @ noise).squeeze(-1)
+        return latents if like is None else latents.to(device=like.device, dtype=like.dtype)
+
+    def log_prob(self, latents: torch.Tensor) -> torch.Tensor:
+        """log density of (N, D) latents under the mixture, (N,)."""
+        latents = latents.to(self.means)
+        difference = latents.unsqueeze(1) - self.means  # (N, K, D)
+        solved = torch.linalg.solve_triangular(self.scale_tril, difference.transpose(0, 1).mT, upper=False)  # (K, D, N)
+        mahalanobis = solved.square().sum(1).T  # (N, K)
+        log_det = self.scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        log_normal = -0.5 * mahalanobis - log_det - 0.5 * self.latent_dim * math.log(2 * math.pi)
+        return torch.logsumexp(log_normal + self.weights.log(), dim=1)
+
+    def save(self, path: str | os.PathLike) -> None:
+        tensors = {"weights": self.weights, "means": self.means, "covariances": self.covariances}
+        metadata = {"format": "pt", **{key: str(value) for key, value in self.metadata.items()}}
+        save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, str(path), metadata=metadata)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> GaussianMixtureSampler:
+        try:
+            tensors = load_file(str(path))
+            with safe_open(str(path), framework="pt") as file:
+                metadata = {key: value for key, value in (file.metadata() or {}).items() if key != "format"}
+            return cls(tensors["weights"], tensors["means"], tensors["covariances"], metadata)
+        except (SafetensorError, KeyError, ValueError, OSError, RuntimeError) as error:
+            raise OSError(
+                f"{path!s} is not a valid Gaussian mixture sampler ({error}); fit it again with `hf-vae fit-sampler` "
+                f"or delete the file to sample from the prior only."
+            ) from error
+
+
 class HfVaePreTrainedModel(PreTrainedModel):
     """Base of every family's model. Subclasses set `config_class` and implement the contract above."""
 
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    gmm_sampler: GaussianMixtureSampler | None = None
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -107,7 +199,10 @@ class HfVaePreTrainedModel(PreTrainedModel):
         random and only log a report), and a corrupt or truncated safetensors file raises an `OSError` that says
         so. Pass `ignore_mismatched_sizes=True` to get transformers' lenient behaviour back."""
         if kwargs.get("ignore_mismatched_sizes"):
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            model = loaded[0] if isinstance(loaded, tuple) else loaded
+            model._load_gmm_sampler(pretrained_model_name_or_path, kwargs)
+            return loaded
         output_loading_info = kwargs.pop("output_loading_info", False)
         kwargs["ignore_mismatched_sizes"] = True  # report mismatches below instead of transformers' opaque error
         if not model_args and set(kwargs) <= _LOADING_OPTIONS:
@@ -143,7 +238,31 @@ class HfVaePreTrainedModel(PreTrainedModel):
                 + "\nWas config.json edited, or a config override passed to `from_pretrained`? Load with the config "
                 "the weights were saved with."
             )
+        model._load_gmm_sampler(pretrained_model_name_or_path, kwargs)
         return (model, loading_info) if output_loading_info else model
+
+    def _load_gmm_sampler(self, name_or_path: str | os.PathLike | None, options: dict[str, Any]) -> None:
+        """Attach the folder's or Hub repo's `gmm_sampler.safetensors`, when it has one."""
+        if name_or_path is None:
+            return
+        if os.path.isdir(name_or_path):
+            path = os.path.join(name_or_path, GMM_SAMPLER_FILE)
+            path = path if os.path.isfile(path) else None
+        else:
+            from transformers.utils import cached_file
+
+            where = {
+                key: options[key] for key in ("revision", "cache_dir", "local_files_only", "token") if key in options
+            }
+            path = cached_file(
+                str(name_or_path),
+                GMM_SAMPLER_FILE,
+                **where,
+                _raise_exceptions_for_missing_entries=False,
+                _raise_exceptions_for_connection_errors=False,
+            )
+        if path is not None:
+            self.set_gmm_sampler(GaussianMixtureSampler.load(path))
 
     @classmethod
     def _check_local_weights_fit(cls, folder: str | os.PathLike | None) -> None:
@@ -192,14 +311,20 @@ class HfVaePreTrainedModel(PreTrainedModel):
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, model_card: bool = True, **kwargs: Any):
         """transformers' `save_pretrained` (config.json, model.safetensors and, for `trust_remote_code`, the code
-        files), plus, when hf-vae is installed, the model's image processor (preprocessor_config.json, so that
-        `AutoImageProcessor.from_pretrained` works on the folder) and hf-vae's generated model card as README.md when
-        `model_card` is true (the training loop turns it off for its intermediate saves and writes the card once, at
-        the end)."""
+        files), the fitted Gaussian mixture sampler if any (`gmm_sampler.safetensors`), plus, when hf-vae is installed,
+        the model's image processor (preprocessor_config.json, so that `AutoImageProcessor.from_pretrained` works on the
+        folder) and hf-vae's generated model card as README.md when `model_card` is true (the training loop turns it
+        off for its intermediate saves and writes the card once, at the end)."""
         result = super().save_pretrained(save_directory, *args, **kwargs)
-        processor_class = _hf_vae_function("hf_vae.image_processing_vae", "VAEImageProcessor")
-        if processor_class is not None and kwargs.get("is_main_process", True):
-            processor_class.from_model_config(self.config).save_pretrained(save_directory)
+        if kwargs.get("is_main_process", True):
+            processor_class = _hf_vae_function("hf_vae.image_processing_vae", "VAEImageProcessor")
+            if processor_class is not None:
+                processor_class.from_model_config(self.config).save_pretrained(save_directory)
+            gmm_path = os.path.join(save_directory, GMM_SAMPLER_FILE)
+            if self.gmm_sampler is not None:
+                self.gmm_sampler.save(gmm_path)
+            elif os.path.isfile(gmm_path):  # one fitted to other weights: the folder describes this model
+                os.remove(gmm_path)
         write_model_card = _hf_vae_function("hf_vae.model_card", "write_model_card")
         if model_card and write_model_card is not None and kwargs.get("is_main_process", True):
             write_model_card(save_directory)
@@ -214,6 +339,43 @@ class HfVaePreTrainedModel(PreTrainedModel):
         if push_model is None:
             return super().push_to_hub(repo_id, **kwargs)
         return push_model(self, repo_id, **kwargs)
+
+    # ------------------------------------------------------------------ post-hoc latent samplers
+    @property
+    def samplers(self) -> tuple[str, ...]:
+        """The latent samplers `sample(..., sampler=)` accepts: "prior" always, "gmm" once a mixture is fitted."""
+        return ("prior", "gmm") if self.gmm_sampler is not None else ("prior",)
+
+    @property
+    def sampler_latent_dim(self) -> int:
+        """Size of the latent that post-hoc samplers model (the whole latent; a hierarchy's top layer)."""
+        return self.config.latent_dim
+
+    sampler_latent_description = "z, the latent"
+
+    def sampler_latents(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The posterior means a post-hoc sampler is fitted to, (B, sampler_latent_dim)."""
+        return self.encode(pixel_values, labels).latent_dist.mode()
+
+    def set_gmm_sampler(self, sampler: GaussianMixtureSampler | None) -> None:
+        """Attach a fitted Gaussian mixture (or None to drop it); it is saved and pushed with the model."""
+        if sampler is not None and sampler.latent_dim != self.sampler_latent_dim:
+            raise ValueError(
+                f"The Gaussian mixture is over {sampler.latent_dim} dimensions but this model's sampled latent has "
+                f"{self.sampler_latent_dim}: it was fitted to another model. Fit it again on this one."
+            )
+        self.gmm_sampler = sampler
+
+    def _posthoc_latents(
+        self, sampler: str, num_samples: int, generator: torch.Generator | None, temperature: float
+    ) -> torch.Tensor | None:
+        """Latents from a post-hoc sampler, or None for "prior" (the family draws from its prior)."""
+        if sampler == "prior":
+            return None
+        if sampler not in self.samplers:
+            fix = "fit one with `hf-vae fit-sampler`" if sampler == "gmm" else f"use one of {list(self.samplers)}"
+            raise ValueError(f"sampler={sampler!r} is not available for this model ({list(self.samplers)}): {fix}.")
+        return self.gmm_sampler.sample(num_samples, generator, temperature, like=next(self.parameters()))
 
     # ------------------------------------------------------------------ inputs
     def _prepare_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -361,4 +523,4 @@ class HfVaePreTrainedModel(PreTrainedModel):
         return anomaly_score(self, pixel_values, labels, method, num_samples, generator)
 
 
-__all__ = ["HfVaePreTrainedModel", "evaluating", "in_eval_mode"]
+__all__ = ["GMM_SAMPLER_FILE", "GaussianMixtureSampler", "HfVaePreTrainedModel", "evaluating", "in_eval_mode"]

@@ -219,12 +219,16 @@ class VAEModel(VAEPreTrainedModel):
         generator: torch.Generator | None = None,
         labels: torch.Tensor | int | None = None,
         temperature: float = 1.0,
+        sampler: str = "prior",
     ) -> torch.Tensor:
-        """Images (num_samples, C, H, W) decoded from z ~ p(z) (scaled by `temperature`). Conditional models take
-        `labels` (one class for all samples, or one per sample)."""
-        latents = self.prior.sample(num_samples, generator, like=next(self.parameters()))
-        if temperature != 1.0:
-            latents = latents * temperature
+        """Images (num_samples, C, H, W) decoded from z ~ p(z) (scaled by `temperature`), or from a post-hoc
+        sampler of `self.samplers` (`sampler="gmm"`: `temperature` scales each component's spread). Conditional models
+        take `labels` (one class for all samples, or one per sample)."""
+        latents = self._posthoc_latents(sampler, num_samples, generator, temperature)
+        if latents is None:
+            latents = self.prior.sample(num_samples, generator, like=next(self.parameters()))
+            if temperature != 1.0:
+                latents = latents * temperature
         return self.decode(latents, labels=labels).images
 
     @in_eval_mode

@@ -19,10 +19,10 @@ from hf_vae.families import load_pretrained, model_class
 from hf_vae.hub import collect_files
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MODEL_DIRS = sorted(path.parent for path in (REPO_ROOT / "pretrained").glob("*/config.json"))
-
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 import results_table  # noqa: E402
+
+MODEL_DIRS = results_table.vae_model_dirs(REPO_ROOT / "pretrained")  # the VAEs, not the feature network
 
 
 def evaluation_pixel_values(images: torch.Tensor, binarize: str, seed: int = 0) -> torch.Tensor:
@@ -62,6 +62,7 @@ def test_folder_holds_weights_config_card_and_results_and_no_code(model_dir):
         expected.add("latent_manifold.png")
     if config["model_type"] == "hf_hvae":
         expected.add("layers.png")
+    expected |= {name for name in ("gmm_sampler.safetensors", "sample_metrics.json") if (model_dir / name).is_file()}
     assert files == expected
     assert {path.as_posix() for path in collect_files(model_dir)} == expected - {"README.md"}
 
@@ -103,8 +104,26 @@ def test_loads_with_from_pretrained_and_generates(model_dir):
     model = load_pretrained(model_dir)
     evaluation = json.loads((model_dir / "evaluation.json").read_text())
     assert model.num_parameters() == evaluation["num_parameters"]
-    images = model.sample(4, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(4) if model.config.num_classes is not None else None  # a conditional model asks for digits
+    images = model.sample(4, generator=torch.Generator().manual_seed(0), labels=labels)
     assert images.shape == (4, 1, 28, 28) and 0 <= images.min() and images.max() <= 1 and images.std() > 0.05
+
+
+def test_sample_quality_is_stated_in_the_card_and_the_gmm_sampler_loads(model_dir):
+    """Where sample quality was measured, the card carries its figures, and the Gaussian mixture it measured loads
+    with the model."""
+    if not (model_dir / "sample_metrics.json").is_file():
+        pytest.skip("no sample quality measured for this model")
+    report = json.loads((model_dir / "sample_metrics.json").read_text())
+    text = (model_dir / "README.md").read_text()
+    assert report["num_samples"] == 10_000
+    assert report["command"].startswith(f"hf-vae evaluate pretrained/{model_dir.name} ")
+    model = load_pretrained(model_dir)
+    assert tuple(report["samplers"]) == model.samplers
+    for sampler, figures in report["samplers"].items():
+        assert f"| `{sampler}` | {figures['frechet_distance']:.2f} |" in text
+        if "class_fidelity" in figures:
+            assert f"{figures['class_fidelity']:.2%}" in text
 
 
 def test_weights_reproduce_the_committed_negative_elbo(model_dir, mnist_dir):
@@ -115,8 +134,12 @@ def test_weights_reproduce_the_committed_negative_elbo(model_dir, mnist_dir):
     data = load_split(str(mnist_dir), model.config, "test")
     pixels = evaluation_pixel_values(data.images, model.config.binarize, evaluation["seed"])
     generator = torch.Generator().manual_seed(123)
+    labels = data.labels if model.config.num_classes is not None else None
     negative_elbo = torch.cat(
-        [model.negative_elbo(batch, num_samples=10, generator=generator) for batch in pixels.split(1000)]
+        [
+            model.negative_elbo(batch, None if labels is None else labels[i : i + 1000], 10, generator)
+            for i, batch in zip(range(0, len(pixels), 1000), pixels.split(1000), strict=True)
+        ]
     )
     assert len(negative_elbo) == evaluation["num_images"] == 10_000
     assert abs(negative_elbo.mean().item() - evaluation["negative_elbo"]) < 0.2

@@ -6,8 +6,8 @@ longer works fails here, so the README cannot drift from the code.
 Left out, with the reason: the install and test commands (CI runs them), `accelerate config` / `hf auth login`
 (interactive), multi-GPU launches (no GPU; the 2-process CPU launch is tested in test_training.py), placeholders
 (`...`, `path/to/`), the tutorial's Hub repo (not on the local server), the pretrained model's 5000-sample
-evaluation (its 1000-sample siblings run), and `hf-vae demo` (it serves until stopped: tests/test_demo_browser.py
-runs it).
+evaluation (its 1000-sample siblings run), `hf-vae demo` (it serves until stopped: tests/test_demo_browser.py runs it)
+and fitting a committed model's mixture (it would rewrite the committed file).
 """
 
 from __future__ import annotations
@@ -21,14 +21,17 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SKIP = ("pip install", "pytest", "accelerate", "hf auth", "...", "path/to/", "karthik-2905", "--iwae_samples 5000",
-        "hf-vae demo")
+SKIP = (
+    "pip install", "pytest", "accelerate", "hf auth", "...", "path/to/", "karthik-2905", "--iwae_samples 5000",
+    "hf-vae demo", "fit-sampler pretrained/",
+)  # fmt: skip
 # Appended to each command: the last value of an option wins.
 SMALL = {
     "train": ["--max_train_samples", "600", "--max_eval_samples", "200", "--num_train_epochs", "1",
               "--per_device_train_batch_size", "100", "--disable_tqdm"],  # fmt: skip
     "evaluate": ["--iwae_samples", "5", "--elbo_samples", "2", "--max_samples", "100",
-                 "--max_threshold_samples", "200"],  # fmt: skip
+                 "--max_threshold_samples", "200", "--generated_samples", "500"],  # fmt: skip
+    "fit-sampler": ["--max_samples", "600"],
     "visualize": ["--max_samples", "200"],
 }
 pytestmark = pytest.mark.slow

@@ -17,7 +17,8 @@ from .arguments import UsageError
 # command -> (module implementing `main(argv)`, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("hf_vae.cli.train", "train a model with Accelerate on a `datasets` image dataset"),
-    "evaluate": ("hf_vae.cli.evaluate", "negative ELBO, IWAE log-likelihood, active units, anomaly scores"),
+    "evaluate": ("hf_vae.cli.evaluate", "negative ELBO, IWAE NLL, active units, sample quality, anomaly scores"),
+    "fit-sampler": ("hf_vae.cli.fit_sampler", "fit the Gaussian mixture latent sampler (sample(sampler='gmm'))"),
     "visualize": ("hf_vae.cli.visualize", "samples, reconstructions, latent maps, interpolations, curves"),
     "push": ("hf_vae.cli.push", "upload a trained model folder, with its model card, to the Hub"),
     "convert": ("hf_vae.cli.convert", "convert a tutorial `best_vae_model.pth` checkpoint to an hf-vae model"),
@@ -28,7 +29,7 @@ DEBUG_ENV = "HF_VAE_DEBUG"
 
 def _usage() -> str:
     lines = ["usage: hf-vae <command> [options]", "", "commands:"]
-    lines += [f"  {name:<10} {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    lines += [f"  {name:<11} {help_text}" for name, (_, help_text) in COMMANDS.items()]
     lines += ["", "Run `hf-vae <command> --help` for a command's options; add --debug to see tracebacks."]
     return "\n".join(lines)
 

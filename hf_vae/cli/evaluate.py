@@ -1,10 +1,11 @@
 """`hf-vae evaluate MODEL --dataset_name D [options]`: negative ELBO, IWAE log-likelihood, bits per dimension, active
-units, per-class figures, and anomaly scores of a split or a folder of images. torch is imported only once the options
-are parsed."""
+units, per-class figures, sample quality (`--sample_metrics`), and anomaly scores of a split or a folder of images.
+torch is imported only once the options are parsed."""
 
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,27 @@ class EvaluationArguments:
     max_threshold_samples: int | None = field(
         default=10000, metadata={"help": "Fit the threshold on the first N images of --threshold_split."}
     )
+    sample_metrics: bool = field(
+        default=False,
+        metadata={
+            "help": "Also measure samples against the split: Fréchet distance and precision/recall in the feature "
+            "network's features, class fidelity for conditional models; for every sampler the model has."
+        },
+    )
+    generated_samples: int = field(default=10000, metadata={"help": "Samples per sampler for --sample_metrics."})
+    feature_network: str | None = field(
+        default=None,
+        metadata={
+            "help": "Feature network of --sample_metrics (folder or Hub repo). Default: the clone's "
+            "pretrained/mnist-classifier."
+        },
+    )
+    sample_metrics_output: str | None = field(
+        default=None, metadata={"help": "Also write the --sample_metrics report alone to this JSON file."}
+    )
+    precision_recall_k: int = field(
+        default=3, metadata={"help": "k of the k-NN manifolds of precision and recall (0: skip them)."}
+    )
 
     def __post_init__(self) -> None:
         if self.dataset_name is None and self.image_folder is None:
@@ -72,6 +94,10 @@ class EvaluationArguments:
             raise ValueError("--image_folder scores images: pass --anomaly_scores_output FILE.csv for the scores.")
         if min(self.iwae_samples, self.elbo_samples, self.per_device_eval_batch_size) < 1:
             raise ValueError("--iwae_samples, --elbo_samples and --per_device_eval_batch_size must be at least 1.")
+        if self.sample_metrics and self.dataset_name is None:
+            raise ValueError("--sample_metrics compares samples with a dataset split: pass --dataset_name too.")
+        if self.sample_metrics and (self.generated_samples < 2 or self.precision_recall_k < 0):
+            raise ValueError("--generated_samples must be at least 2 and --precision_recall_k at least 0.")
         if self.output is not None and self.dataset_name is None:
             raise ValueError("--output writes the figures of a dataset split: pass --dataset_name too.")
 
@@ -128,6 +154,26 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         print(format_summary(results))
+    if data is not None and args.sample_metrics:
+        from ..data import to_pixel_values
+        from ..feature_network import load_feature_network
+        from ..sample_metrics import format_sample_metrics, sample_metrics
+
+        network = load_feature_network(args.feature_network).to(device)
+        report = sample_metrics(
+            model,
+            to_pixel_values(data.images),
+            network,
+            args.generated_samples,
+            args.seed,
+            neighbours=args.precision_recall_k or None,
+        )
+        report["feature_network"] = args.feature_network or "pretrained/mnist-classifier"
+        report["command"] = shlex.join(["hf-vae", "evaluate", *(sys.argv[2:] if argv is None else argv)])
+        results["sample_metrics"] = report
+        print(format_sample_metrics(report))
+        if args.sample_metrics_output is not None:
+            Path(args.sample_metrics_output).write_text(json.dumps(report, indent=2) + "\n")
     if args.anomaly_scores_output is not None:
         report = run_anomaly_scoring(args, model, data)
         results["anomaly"] = report

@@ -6,6 +6,7 @@ from family_tester import FamilyTester, tiny_dataset  # noqa: F401  (the fixture
 
 from hf_vae import VAEConfig
 from hf_vae.configuration_hvae import HVAEConfig
+from hf_vae.configuration_vqvae import VQVAEConfig
 
 TINY_MLP = ["--hidden_sizes", "16", "--latent_dim", "2"]
 
@@ -46,3 +47,12 @@ class TestGaussianMixturePriorConditional(FamilyTester):
     config = VAEConfig(image_size=28, latent_dim=2, hidden_sizes=[16], prior="mog", num_pseudo_inputs=3, num_classes=10)
     train_arguments = ["--preset", "mnist", *TINY_MLP, "--prior", "mog", "--num_pseudo_inputs", "3",
                        "--num_classes", "10"]  # fmt: skip
+
+
+class TestVQVAE(FamilyTester):
+    config = VQVAEConfig(
+        image_size=28, conv_channels=[4, 8], num_res_blocks=1, embedding_dim=3, codebook_size=8, binarize="dynamic"
+    )
+    train_arguments = ["--preset", "mnist-vqvae", "--conv_channels", "4", "8", "--embedding_dim", "3",
+                       "--codebook_size", "8"]  # fmt: skip
+

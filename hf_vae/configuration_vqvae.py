@@ -100,7 +100,9 @@ class VQVAEConfig(PretrainedConfig):
             isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in self.conv_channels
         )
         if not channels_ok or not self.conv_channels:
-            raise ValueError(f"`conv_channels` must be a non-empty list of positive integers, got {self.conv_channels}.")
+            raise ValueError(
+                f"`conv_channels` must be a non-empty list of positive integers, got {self.conv_channels!r}."
+            )
         for name in ("image_size", "num_channels", "embedding_dim", "kmeans_iterations"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

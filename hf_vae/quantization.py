@@ -60,7 +60,9 @@ def squared_distances(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Te
     )
 
 
-def kmeans(vectors: torch.Tensor, count: int, iterations: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def kmeans(
+    vectors: torch.Tensor, count: int, iterations: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Lloyd's k-means: `count` centres of `vectors` (N, D), started from distinct data points; a centre left without
     points keeps its place."""
     start = torch.randperm(vectors.shape[0], generator=generator, device="cpu")[:count].to(vectors.device)

@@ -79,7 +79,9 @@ class ModelArguments:
     )
     codebook_size: int | None = field(default=None, metadata={"help": "VQ-VAE: number of codebook entries."})
     embedding_dim: int | None = field(default=None, metadata={"help": "VQ-VAE: dimension of the codebook entries."})
-    commitment_cost: float | None = field(default=None, metadata={"help": "VQ-VAE: weight beta of the commitment loss."})
+    commitment_cost: float | None = field(
+        default=None, metadata={"help": "VQ-VAE: weight beta of the commitment loss."}
+    )
     codebook_update: Literal["ema", "loss"] | None = field(
         default=None, metadata={"help": "VQ-VAE: codebook updated by moving averages (ema) or by its loss."}
     )

@@ -217,16 +217,16 @@ class VQVAEModel(VQVAEPreTrainedModel):
             return code_log_prob(prior, indices, use_labels)
 
     # ------------------------------------------------------------------ the tokenizer
-    def _quantize(self, pixel_values: torch.Tensor):
+    def _quantize(self, pixel_values: torch.Tensor, update: bool = False):
         latents = self.encoder(pixel_values)
         batch, dim, height, width = latents.shape
-        quantized = self.quantizer(latents.permute(0, 2, 3, 1).reshape(-1, dim))
+        quantized = self.quantizer(latents.permute(0, 2, 3, 1).reshape(-1, dim), update=update)
         grid = quantized.straight_through.view(batch, height, width, dim).permute(0, 3, 1, 2)
         return latents, quantized, grid, quantized.indices.view(batch, height, width)
 
     def encode(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> VQVAEEncoderOutput:
         """The code grid of each image (`indices`), its entries (`quantized`) and the encoder's vectors (`latents`).
-        Run it in eval mode: in training mode the quantiser updates the codebook."""
+        The codebook never moves here: only `forward` in training mode updates it."""
         pixel_values = self._prepare_pixels(pixel_values)
         latents, _, grid, indices = self._quantize(pixel_values)
         return VQVAEEncoderOutput(
@@ -269,14 +269,14 @@ class VQVAEModel(VQVAEPreTrainedModel):
         reduction: str = "mean",
     ) -> VQVAEOutput | tuple:
         """loss = -log p(x | z_q) + beta ||z_e - sg(e)||^2 (+ ||sg(z_e) - e||^2 with the loss-based update), in nats
-        per image. In training mode the quantiser also updates the codebook (EMA, restarts). `sample_posterior`,
-        `kl_weight` and `generator` are accepted for the contract and change nothing: the posterior is deterministic
-        and there is no KL term."""
+        per image. In training mode (and only here) the quantiser also updates the codebook (EMA, restarts).
+        `sample_posterior`, `kl_weight` and `generator` are accepted for the contract and change nothing: the posterior
+        is deterministic and there is no KL term."""
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}.")
         pixel_values = self._prepare_pixels(pixel_values)
         batch = pixel_values.shape[0]
-        _, quantized, grid, indices = self._quantize(pixel_values)
+        _, quantized, grid, indices = self._quantize(pixel_values, update=self.training)
         logits = self.decoder(grid)
         reconstruction = self.likelihood.nll(logits, pixel_values)
         commitment = quantized.commitment.view(batch, -1).sum(1)

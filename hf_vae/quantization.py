@@ -135,17 +135,19 @@ class VectorQuantizer(nn.Module):
         """The entries at `indices` (any shape) -> (*indices.shape, D)."""
         return F.embedding(indices, self.embedding)
 
-    def forward(self, vectors: torch.Tensor) -> Quantized:
-        """Quantise `vectors` (N, D). In training mode this also runs the k-means initialisation (once), the EMA
-        update and the dead-code restarts, after the assignment (the returned codes are those before the update)."""
-        if self.training and not bool(self.initialized):
+    def forward(self, vectors: torch.Tensor, update: bool | None = None) -> Quantized:
+        """Quantise `vectors` (N, D). With `update` (default: in training mode) this also runs the k-means
+        initialisation (once), the EMA update and the dead-code restarts, after the assignment (the returned codes are
+        those before the update)."""
+        update = self.training if update is None else update and self.training
+        if update and not bool(self.initialized):
             self._initialise_by_kmeans(vectors.detach())
         indices = self.nearest(vectors.detach())
         codes = self.lookup(indices)
         commitment = (vectors - codes.detach()).pow(2).sum(1)
         codebook = (vectors.detach() - codes).pow(2).sum(1)
         straight_through = vectors + (codes - vectors).detach()
-        if self.training:
+        if update:
             self._update(vectors.detach(), indices)
         return Quantized(indices, codes, straight_through, commitment, codebook)
 

@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("hf_vae.cli.train", "train a model with Accelerate on a `datasets` image dataset"),
     "evaluate": ("hf_vae.cli.evaluate", "negative ELBO, IWAE log-likelihood, active units, anomaly scores"),
     "visualize": ("hf_vae.cli.visualize", "samples, reconstructions, latent maps, interpolations, curves"),
+    "train-prior": ("hf_vae.cli.train_prior", "train the GPT-2 prior over a VQ-VAE's codes (saved in its prior/)"),
+    "encode": ("hf_vae.cli.encode", "a VQ-VAE's code grids of an image dataset, as a `datasets` dataset"),
     "push": ("hf_vae.cli.push", "upload a trained model folder, with its model card, to the Hub"),
     "convert": ("hf_vae.cli.convert", "convert a tutorial `best_vae_model.pth` checkpoint to an hf-vae model"),
 }
@@ -27,7 +29,7 @@ DEBUG_ENV = "HF_VAE_DEBUG"
 
 def _usage() -> str:
     lines = ["usage: hf-vae <command> [options]", "", "commands:"]
-    lines += [f"  {name:<10} {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    lines += [f"  {name:<12} {help_text}" for name, (_, help_text) in COMMANDS.items()]
     lines += ["", "Run `hf-vae <command> --help` for a command's options; add --debug to see tracebacks."]
     return "\n".join(lines)
 

@@ -21,6 +21,7 @@ from hf_vae.cli import main as cli_main
 from hf_vae.code_prior import PRIOR_FOLDER, build_prior, code_log_prob
 from hf_vae.configuration_vqvae import VQVAEConfig
 from hf_vae.data import evaluation_images, load_splits, to_pixel_values
+from hf_vae.evaluation import load_split
 from hf_vae.families import load_pretrained
 from hf_vae.modeling_vqvae import VQVAEModel
 from hf_vae.quantization import VectorQuantizer
@@ -285,10 +286,10 @@ def test_encode_refuses_a_gaussian_vae(tiny_dataset, tmp_path, capsys):  # noqa:
 
 # ---------------------------------------------------------------------------------------------- real data
 def test_a_brief_real_mnist_run_raises_code_usage_and_lowers_reconstruction(mnist_dir: Path):
-    splits = load_splits(str(mnist_dir))
     torch.manual_seed(0)
     model = VQVAEModel(VQVAEConfig.from_preset("mnist-vqvae", num_res_blocks=0, dead_code_steps=10))
-    held_out = to_pixel_values(splits.validation.images[:500], "dynamic", seeded(12))
+    images = load_split(str(mnist_dir), model.config, "train", max_samples=4340).images  # 60 batches of 64, 500
+    held_out = to_pixel_values(images[3840:], "dynamic", seeded(12))
 
     def figures() -> tuple[float, float]:
         summary = model.evaluation_summary(model.evaluation_figures(held_out))
@@ -299,7 +300,7 @@ def test_a_brief_real_mnist_run_raises_code_usage_and_lowers_reconstruction(mnis
     generator = seeded(13)
     model.train()
     for step in range(60):
-        batch = to_pixel_values(splits.train.images[step * 64 : (step + 1) * 64], "dynamic", generator)
+        batch = to_pixel_values(images[step * 64 : (step + 1) * 64], "dynamic", generator)
         optimizer.zero_grad()
         model(batch).loss.backward()
         optimizer.step()

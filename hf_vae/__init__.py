@@ -23,6 +23,8 @@ _EXPORTS = {
     "VAEOutput": "modeling_vae",
     "VAEEncoderOutput": "modeling_vae",
     "VAEDecoderOutput": "modeling_vae",
+    "VQVAEConfig": "configuration_vqvae",
+    "VQVAEModel": "modeling_vqvae",
 }
 _registered = False
 

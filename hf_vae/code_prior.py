@@ -42,8 +42,8 @@ def build_prior(
         embd_pdrop=dropout,
         attn_pdrop=dropout,
         bos_token_id=codebook_size,
-        eos_token_id=codebook_size,
-        pad_token_id=codebook_size,
+        eos_token_id=None,
+        pad_token_id=None,  # no padding: every sequence has the same length
         tie_word_embeddings=True,
     )
     config.vq_codebook_size, config.vq_grid_size, config.vq_num_classes = codebook_size, grid_size, num_classes
@@ -137,7 +137,7 @@ def generate_codes(
         top_p=None,
         max_new_tokens=grid_size * grid_size + (2 - start.shape[1]) if _settings(prior)[2] else grid_size**2,
         min_new_tokens=0,
-        pad_token_id=prior.config.pad_token_id,
+        pad_token_id=prior.config.bos_token_id,
         eos_token_id=None,
         bos_token_id=prior.config.bos_token_id,
     )

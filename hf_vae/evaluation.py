@@ -292,7 +292,8 @@ def evaluate_model(
     started = time.perf_counter()
     config = model.config
     images = evaluation_images(data, config.binarize, seed)
-    bar = tqdm(total=math.ceil(len(data) / batch_size), desc=f"evaluate (IWAE K={iwae_samples})", unit="batch")
+    estimate = "" if hasattr(model, "evaluation_figures") else f" (IWAE K={iwae_samples})"
+    bar = tqdm(total=math.ceil(len(data) / batch_size), desc=f"evaluate{estimate}", unit="batch")
     bar.disable = not progress or bar.disable
     with bar:
         figures = per_image_figures(

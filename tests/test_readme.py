@@ -28,6 +28,9 @@ SMALL = {
     "evaluate": ["--iwae_samples", "5", "--elbo_samples", "2", "--max_samples", "100",
                  "--max_threshold_samples", "200"],  # fmt: skip
     "visualize": ["--max_samples", "200"],
+    "train-prior": ["--max_train_samples", "300", "--max_eval_samples", "100", "--num_train_epochs", "1",
+                    "--num_layers", "1", "--hidden_size", "16", "--num_heads", "2"],  # fmt: skip
+    "encode": ["--max_samples", "100"],
 }
 pytestmark = pytest.mark.slow
 

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     register_families()
     results = train_prior(PriorRun(**asdict(args)))
-    test = f", test code NLL {results['test_code_nll']:.3f} nats/image" if "test_code_nll" in results else ""
+    test = f", test code NLL {results['test_code_nll']:.3f}" if "test_code_nll" in results else ""
     best = f"best epoch {results['best_epoch']}, validation code NLL {results['best_val_code_nll']:.3f}"
     print(f"prior trained: {best}{test} nats/image")
     return 0

@@ -76,7 +76,7 @@ def test_committed_card_states_the_committed_results(model_dir):
     assert metrics["negative_elbo"] == pytest.approx(evaluation["negative_elbo"], abs=1e-4)
     assert f"{evaluation['num_parameters']:,} parameters" in text
     model_type = json.loads((model_dir / "config.json").read_text())["model_type"]
-    modeling = next(name for name in remote_code_files(model_type) if name.startswith("modeling_") and "utils" not in name)
+    modeling = next(name for name in remote_code_files(model_type) if name.startswith("modeling_") and "util" not in name)
     assert "trust_remote_code=True" in text and f"`{modeling}`" in text
     for picture in ("samples.png", "reconstructions.png", "training_curves.png"):
         assert f"({picture})" in text

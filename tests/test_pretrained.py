@@ -15,7 +15,7 @@ import yaml
 
 from hf_vae.data import ImageTensors, evaluation_images, to_pixel_values
 from hf_vae.evaluation import load_split
-from hf_vae.families import load_pretrained, remote_code_files
+from hf_vae.families import FAMILIES, load_pretrained, remote_code_files
 from hf_vae.hub import collect_files
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +76,8 @@ def test_committed_card_states_the_committed_results(model_dir):
     assert metrics["negative_elbo"] == pytest.approx(evaluation["negative_elbo"], abs=1e-4)
     assert f"{evaluation['num_parameters']:,} parameters" in text
     model_type = json.loads((model_dir / "config.json").read_text())["model_type"]
-    modeling = next(name for name in remote_code_files(model_type) if name.startswith("modeling_") and "util" not in name)
+    modeling = FAMILIES[model_type][2].rsplit(".", 1)[1] + ".py"
+    assert modeling in remote_code_files(model_type)
     assert "trust_remote_code=True" in text and f"`{modeling}`" in text
     for picture in ("samples.png", "reconstructions.png", "training_curves.png"):
         assert f"({picture})" in text

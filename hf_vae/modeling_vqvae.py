@@ -168,6 +168,12 @@ class VQVAEModel(VQVAEPreTrainedModel):
         """The causal language model over the codes (`prior/`), or None: then p(z) is uniform over the codes."""
         return self.__dict__.get("_code_prior")
 
+    @property
+    def sample_classes(self) -> int | None:
+        """The classes `sample(labels=)` can ask the prior for (its class tokens), or None."""
+        prior = self.code_prior
+        return None if prior is None else getattr(prior.config, "vq_num_classes", None)
+
     def set_code_prior(self, prior: nn.Module | None) -> None:
         if prior is not None:
             settings = (prior.config.vq_codebook_size, prior.config.vq_grid_size)

@@ -273,6 +273,10 @@ def test_train_prior_encode_and_evaluate(tiny_dataset, tmp_path):  # noqa: F811
     assert figures["iwae_nll"] == pytest.approx(figures["likelihood_bound"])
     assert 0 < figures["codebook_usage"] <= 1 and 1 <= figures["codebook_perplexity"] <= 8
     assert figures["code_prior"].startswith("GPT2LMHeadModel")
+    from hf_vae.visualization import plot_samples
+
+    figure = plot_samples(loaded, seed=0)
+    assert figure.axes[0].get_title() == "Samples from the prior, one row per class"
 
 
 def test_encode_refuses_a_gaussian_vae(tiny_dataset, tmp_path, capsys):  # noqa: F811

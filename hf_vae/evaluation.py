@@ -307,8 +307,6 @@ def evaluate_model(
         )
     num_pixels = config.num_channels * config.image_size**2
     results = summarize_figures(figures, num_pixels, data.labels, getattr(config, "latent_dims", None))
-    if hasattr(model, "evaluation_summary"):  # the family's own split-level figures
-        results.update(model.evaluation_summary(figures))
     results.update(
         {
             "iwae_samples": iwae_samples,
@@ -324,6 +322,8 @@ def evaluate_model(
             "seconds": round(time.perf_counter() - started, 2),
         }
     )
+    if hasattr(model, "evaluation_summary"):  # the family's own split-level figures (and what its estimates used)
+        results.update(model.evaluation_summary(figures))
     return results
 
 

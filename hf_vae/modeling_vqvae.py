@@ -356,6 +356,9 @@ class VQVAEModel(VQVAEPreTrainedModel):
             "codebook_usage": float(usage),
             "codes_used": int((figures["code_counts"].sum(0) > 0).sum()),
             "codebook_size": self.config.codebook_size,
+            "iwae_samples": 1,  # a point-mass posterior: one draw is exact, whatever K was asked
+            "elbo_samples": 1,
+            "latent_dim": None,
             "code_prior": "uniform over the codes (no prior/ trained)"
             if prior is None
             else f"{type(prior).__name__} ({prior.num_parameters():,} parameters)",

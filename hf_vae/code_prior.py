@@ -81,21 +81,19 @@ def token_sequences(prior: torch.nn.Module, indices: torch.Tensor, labels: torch
 
 
 def code_log_prob(prior: torch.nn.Module, indices: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """(B,) log p(codes) in nats: given the class when `labels` are given; for a labelled prior without them, the
-    marginal log sum_c p(c) p(codes | c), one pass per class."""
+    """(B,) log-probabilities in nats of code grids `indices` (B, h, w). For a prior with class tokens: given
+    `labels`, the joint log p(c, codes) = log p(c) + log p(codes | c), a lower bound on log p(codes) at most log C
+    below it, in one pass; without labels, the marginal log sum_c p(c) p(codes | c), one pass per class. For a prior
+    without class tokens, log p(codes)."""
     _, _, num_classes = _settings(prior)
     if labels is not None or not num_classes:
-        tokens = token_sequences(prior, indices, labels)
-        logits = prior(input_ids=tokens).logits[:, :-1].float()
-        log_probs = F.log_softmax(logits, dim=-1).gather(2, tokens[:, 1:].unsqueeze(2)).squeeze(2)
-        first_code = tokens.shape[1] - indices[0].numel() - 1
-        return log_probs[:, first_code:].sum(1)
-    per_class = []
-    for label in range(num_classes):
-        labels_c = torch.full((indices.shape[0],), label, dtype=torch.long, device=indices.device)
-        tokens = token_sequences(prior, indices, labels_c)
+        tokens = token_sequences(prior, indices, labels if num_classes else None)
         log_probs = F.log_softmax(prior(input_ids=tokens).logits[:, :-1].float(), dim=-1)
-        per_class.append(log_probs.gather(2, tokens[:, 1:].unsqueeze(2)).squeeze(2).sum(1))
+        return log_probs.gather(2, tokens[:, 1:].unsqueeze(2)).squeeze(2).sum(1)
+    per_class = [
+        code_log_prob(prior, indices, torch.full((indices.shape[0],), label, device=indices.device))
+        for label in range(num_classes)
+    ]
     return torch.logsumexp(torch.stack(per_class), dim=0)
 
 

@@ -182,7 +182,8 @@ def per_image_figures(
             draws = {"generator": estimate_generator, "labels": labels, "max_batch_elements": max_batch_elements}
             family_figures = getattr(model, "evaluation_figures", None)
             if estimates and family_figures is not None:  # the family's own figures (e.g. a point-mass posterior)
-                figures.update(family_figures(pixel_values, labels))
+                known = batch["labels"].to(model.device) if "labels" in batch else None  # for its own use
+                figures.update(family_figures(pixel_values, known))
             elif estimates:
                 figures["negative_elbo"] = negative_elbo(model, pixel_values, max(elbo_samples, 1), **draws)
                 figures["iwae_nll"] = -log_likelihood(model, pixel_values, max(iwae_samples, 1), **draws)

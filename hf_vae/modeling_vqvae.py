@@ -210,8 +210,9 @@ class VQVAEModel(VQVAEPreTrainedModel):
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     def code_log_prob(self, indices: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """(B,) log p(z) of code grids in nats: the prior's (marginal over classes unless `labels` are given), or
-        uniform, -h * w * log K, without a prior."""
+        """(B,) log p(z) of code grids in nats: the prior's (for a prior with class tokens the marginal over the
+        classes, or with `labels` the joint log p(z, c), a lower bound on log p(z) within log C of it, C times
+        cheaper), or uniform, -h * w * log K, without a prior."""
         prior = self.code_prior
         if prior is None:
             return torch.full(
@@ -322,11 +323,14 @@ class VQVAEModel(VQVAEPreTrainedModel):
         """Per-image figures of `hf-vae evaluate` for this family (the IWAE estimate does not apply to a point-mass
         posterior): `reconstruction_nll` -log p(x|z), `prior_nll` -log p(z), `likelihood_bound` (their sum, also
         reported as `negative_elbo` and `iwae_nll`, which it equals here), `commitment_loss`, and `code_counts`
-        (B, K), how often each entry is used in each image (for the split's perplexity and usage)."""
+        (B, K), how often each entry is used in each image (for the split's perplexity and usage). With the images'
+        `labels` and a prior with class tokens, `prior_nll` is -log p(z, c) at the true class: -log p(x|z) -
+        log p(z, c) >= -log p(x) is still an upper bound on the NLL (at most log C looser than the marginal's)."""
         pixel_values = self._prepare_pixels(pixel_values)
         encoded = self.encode(pixel_values)
         reconstruction = self.likelihood.nll(self.decode(encoded.quantized).logits, pixel_values)
-        prior_nll = -self.code_log_prob(encoded.indices, labels).to(reconstruction)
+        use_labels = labels is not None and bool(self.sample_classes)
+        prior_nll = -self.code_log_prob(encoded.indices, labels if use_labels else None).to(reconstruction)
         bound = reconstruction + prior_nll
         flat = encoded.indices.flatten(1)
         counts = torch.zeros(flat.shape[0], self.config.codebook_size, device=flat.device)
@@ -340,6 +344,7 @@ class VQVAEModel(VQVAEPreTrainedModel):
             "iwae_nll": bound,
             "commitment_loss": commitment,
             "code_counts": counts,
+            "prior_given_class": torch.full_like(bound, float(use_labels)),
         }
 
     def evaluation_summary(self, figures: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -362,6 +367,9 @@ class VQVAEModel(VQVAEPreTrainedModel):
             "code_prior": "uniform over the codes (no prior/ trained)"
             if prior is None
             else f"{type(prior).__name__} ({prior.num_parameters():,} parameters)",
+            "prior_nll_is": "-log p(z, c) at the true class c"
+            if bool(figures.get("prior_given_class", torch.zeros(1)).all())
+            else "-log p(z)",
         }
 
     @in_eval_mode

@@ -192,11 +192,17 @@ def test_the_marginal_code_likelihood_sums_the_classes():
     model = with_prior(tiny_model(), num_classes=3)
     indices = torch.randint(8, (5, 7, 7), generator=seeded(10))
     prior = model.code_prior
-    joint = torch.stack([code_log_prob(prior, indices, torch.full((5,), label)) for label in range(3)])
+    given = []
+    for label in range(3):
+        tokens = torch.cat([torch.full((5, 1), 8), torch.full((5, 1), 9 + label), indices.flatten(1)], dim=1)
+        log_probs = torch.log_softmax(prior(input_ids=tokens).logits[:, :-1], -1)
+        given.append(log_probs.gather(2, tokens[:, 1:, None])[:, 1:, 0].sum(1))  # log p(codes | c)
     begin = torch.full((1, 1), 8)
     class_log_probs = torch.log_softmax(prior(input_ids=begin).logits[0, -1], -1)[9:12]
-    expected = torch.logsumexp(joint + class_log_probs.unsqueeze(1), 0)
-    torch.testing.assert_close(model.code_log_prob(indices), expected)
+    joint = torch.stack(given) + class_log_probs.unsqueeze(1)
+    torch.testing.assert_close(code_log_prob(prior, indices, torch.full((5,), 2)), joint[2])
+    torch.testing.assert_close(model.code_log_prob(indices), torch.logsumexp(joint, 0))
+    assert (model.code_log_prob(indices, torch.full((5,), 2)) <= model.code_log_prob(indices)).all()
     uniform = tiny_model().code_log_prob(indices)
     torch.testing.assert_close(uniform, torch.full((5,), -49 * torch.log(torch.tensor(8.0)).item()))
 
@@ -273,6 +279,7 @@ def test_train_prior_encode_and_evaluate(tiny_dataset, tmp_path):  # noqa: F811
     assert figures["iwae_nll"] == pytest.approx(figures["likelihood_bound"])
     assert 0 < figures["codebook_usage"] <= 1 and 1 <= figures["codebook_perplexity"] <= 8
     assert figures["code_prior"].startswith("GPT2LMHeadModel")
+    assert figures["prior_nll_is"] == "-log p(z, c) at the true class c"  # the data has labels: one pass, not ten
     from hf_vae.visualization import plot_samples
 
     figure = plot_samples(loaded, seed=0)

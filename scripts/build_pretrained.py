@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", help="the recipe configs/NAME.json; the model goes to pretrained/NAME")
     parser.add_argument("--dataset_name", default="ylecun/mnist", help="Hub dataset id or local copy of MNIST")
     parser.add_argument("--iwae_samples", type=int, default=5000, help="K of the test IWAE estimate")
+    parser.add_argument(
+        "--prior_only",
+        action="store_true",
+        help="keep the trained model and its train command (build.json); train the prior again, redraw, evaluate",
+    )
     args = parser.parse_args(argv)
 
     recipe = Path("configs") / f"{args.name}.json"
@@ -59,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     evaluate = [*hf_vae, "evaluate", str(model_dir), "--dataset_name", args.dataset_name, "--split", "test",
                 "--iwae_samples", str(args.iwae_samples), "--output", str(model_dir / "evaluation.json")]
     commands = [train]
-    train_seconds = _run(train)
+    if args.prior_only:
+        previous = json.loads((REPO_ROOT / model_dir / "build.json").read_text())
+        train_seconds = previous["train_command_seconds"]
+    else:
+        train_seconds = _run(train)
     prior_recipe = REPO_ROOT / "configs" / f"{args.name}-prior.json"
     prior_seconds = None
     if prior_recipe.is_file():

@@ -61,7 +61,7 @@ def model_row(model_dir: Path) -> tuple[str, ...]:
     build = _read(model_dir / "build.json")
     training_args = _read(model_dir / "training_args.json")
     data = {"none": "grey", "dynamic": "dynamic", "static": "static"}[config["binarize"]]
-    architecture = config.get("architecture", "mlp")
+    architecture = config.get("architecture", "mlp" if "hidden_sizes" in config else "conv")
     if architecture == "mlp":
         shape = "MLP " + "-".join(str(size) for size in config["hidden_sizes"])
     else:

@@ -27,6 +27,8 @@ _EXPORTS = {
     "VAEImageProcessor": "image_processing_vae",
     "FeatureNetwork": "feature_network",
     "FeatureNetworkConfig": "feature_network",
+    "VQVAEConfig": "configuration_vqvae",
+    "VQVAEModel": "modeling_vqvae",
 }
 _registered = False
 

@@ -182,7 +182,11 @@ def per_image_figures(
             labels = batch["labels"].to(model.device) if model.config.num_classes is not None else None
             figures: dict[str, torch.Tensor] = {}
             draws = {"generator": estimate_generator, "labels": labels, "max_batch_elements": max_batch_elements}
-            if estimates:
+            family_figures = getattr(model, "evaluation_figures", None)
+            if estimates and family_figures is not None:  # the family's own figures (e.g. a point-mass posterior)
+                known = batch["labels"].to(model.device) if "labels" in batch else None  # for its own use
+                figures.update(family_figures(pixel_values, known))
+            elif estimates:
                 figures["negative_elbo"] = negative_elbo(model, pixel_values, max(elbo_samples, 1), **draws)
                 figures["iwae_nll"] = -log_likelihood(model, pixel_values, max(iwae_samples, 1), **draws)
                 figures["reference_style_loss"] = negative_elbo(model, pixel_values, 1, **draws)
@@ -236,8 +240,6 @@ def summarize_figures(
         {
             "iwae_nll": iwae_nll,
             "bits_per_dim": bits_per_dim(iwae_nll, num_pixels),
-            "reference_style_loss": float(figures["reference_style_loss"].mean()),
-            "reference_style_loss_posterior_mean": float(figures["reference_style_loss_posterior_mean"].mean()),
             "standard_errors": {
                 "negative_elbo": _standard_error(figures["negative_elbo"]),
                 "iwae_nll": _standard_error(figures["iwae_nll"]),
@@ -245,6 +247,9 @@ def summarize_figures(
             "loss": float(figures["loss"].mean()),
         }
     )
+    for name in ("reference_style_loss", "reference_style_loss_posterior_mean"):
+        if name in figures:
+            summary[name] = float(figures[name].mean())
     if "posterior_means" in figures:
         count, variances = active_units(figures["posterior_means"])
         summary.update(
@@ -290,7 +295,8 @@ def evaluate_model(
     started = time.perf_counter()
     config = model.config
     images = evaluation_images(data, config.binarize, seed)
-    bar = tqdm(total=math.ceil(len(data) / batch_size), desc=f"evaluate (IWAE K={iwae_samples})", unit="batch")
+    estimate = "" if hasattr(model, "evaluation_figures") else f" (IWAE K={iwae_samples})"
+    bar = tqdm(total=math.ceil(len(data) / batch_size), desc=f"evaluate{estimate}", unit="batch")
     bar.disable = not progress or bar.disable
     with bar:
         figures = per_image_figures(
@@ -319,6 +325,8 @@ def evaluate_model(
             "seconds": round(time.perf_counter() - started, 2),
         }
     )
+    if hasattr(model, "evaluation_summary"):  # the family's own split-level figures (and what its estimates used)
+        results.update(model.evaluation_summary(figures))
     return results
 
 
@@ -487,15 +495,27 @@ def format_summary(results: dict[str, Any]) -> str:
     lines = [
         f"hf-vae evaluation of {results.get('model', 'the model')} on {results.get('dataset', 'the data')} "
         f"[{results.get('split', '?')}]: {results['num_images']} images, {results['evaluation_pixels']}",
-        f"  negative ELBO            {results['negative_elbo']:9.3f} nats/image  (reconstruction "
-        f"{results['reconstruction']:.3f} + KL {results['kl']:.3f}; {results['elbo_samples']} z per image)",
-        f"  {'IWAE NLL (K=' + str(results['iwae_samples']) + ')':<24} {results['iwae_nll']:9.3f} nats/image  "
-        f"({results['bits_per_dim']:.4f} bits/dim; s.e. over images {results['standard_errors']['iwae_nll']:.3f})",
-        f"  reference-style loss     {results['reference_style_loss']:9.3f} nats/image  (one z per image, BCE + "
-        f"beta*KL; {results['reference_style_loss_posterior_mean']:.3f} at the posterior mean)",
-        f"  active units             {results['active_units']:>9d} of {results['latent_dim']} "
-        f"(posterior-mean variance > {results['active_unit_threshold']})",
     ]
+    if "likelihood_bound" in results:  # a deterministic posterior: the bound, its two terms and the codebook
+        lines += [
+            f"  likelihood bound         {results['likelihood_bound']:9.3f} nats/image  (reconstruction "
+            f"{results['reconstruction_nll']:.3f} + prior {results['prior_nll']:.3f}; {results['bits_per_dim']:.4f} "
+            f"bits/dim; prior: {results['code_prior']})",
+            f"  commitment loss          {results['commitment_loss']:9.3f}",
+            f"  codebook                 {results['codes_used']:>9d} of {results['codebook_size']} codes used "
+            f"({results['codebook_usage']:.1%}), perplexity {results['codebook_perplexity']:.1f}",
+        ]
+    else:
+        lines += [
+            f"  negative ELBO            {results['negative_elbo']:9.3f} nats/image  (reconstruction "
+            f"{results['reconstruction']:.3f} + KL {results['kl']:.3f}; {results['elbo_samples']} z per image)",
+            f"  {'IWAE NLL (K=' + str(results['iwae_samples']) + ')':<24} {results['iwae_nll']:9.3f} nats/image  "
+            f"({results['bits_per_dim']:.4f} bits/dim; s.e. over images {results['standard_errors']['iwae_nll']:.3f})",
+            f"  reference-style loss     {results['reference_style_loss']:9.3f} nats/image  (one z per image, BCE + "
+            f"beta*KL; {results['reference_style_loss_posterior_mean']:.3f} at the posterior mean)",
+            f"  active units             {results['active_units']:>9d} of {results['latent_dim']} "
+            f"(posterior-mean variance > {results['active_unit_threshold']})",
+        ]
     if "per_class" in results:
         lines.append("  per class:  label   count   -ELBO   IWAE NLL")
         for label, figures in results["per_class"].items():

@@ -17,6 +17,7 @@ from typing import Any
 FAMILIES: dict[str, tuple[str, str, str, str]] = {
     "hf_vae": ("hf_vae.configuration_vae", "VAEConfig", "hf_vae.modeling_vae", "VAEModel"),
     "hf_hvae": ("hf_vae.configuration_hvae", "HVAEConfig", "hf_vae.modeling_hvae", "HVAEModel"),
+    "hf_vqvae": ("hf_vae.configuration_vqvae", "VQVAEConfig", "hf_vae.modeling_vqvae", "VQVAEModel"),
 }
 # Every family's images go through one image processor (saved as preprocessor_config.json with each model).
 IMAGE_PROCESSOR: tuple[str, str] = ("hf_vae.image_processing_vae", "VAEImageProcessor")

@@ -246,11 +246,57 @@ class ConvDecoder(nn.Module):
         return self.conv_out(hidden)
 
 
+class ConvGridEncoder(nn.Module):
+    """Image -> one stride-2 4x4 convolution per entry of `conv_channels` (each followed by normalisation, activation
+    and `num_res_blocks` residual blocks) -> a 1x1 convolution to `out_channels`: a grid of vectors, one per
+    `2 ** len(conv_channels)`-pixel square (the VQ-VAE's encoder)."""
+
+    def __init__(
+        self, in_channels: int, conv_channels: list[int], num_res_blocks: int, out_channels: int, spec: BlockSpec
+    ):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for channels in conv_channels:
+            layers += [nn.Conv2d(in_channels, channels, kernel_size=4, stride=2, padding=1)]
+            layers += [*conv_norm_activation(channels, spec), *residual_blocks(channels, num_res_blocks, spec)]
+            in_channels = channels
+        layers.append(nn.Conv2d(in_channels, out_channels, kernel_size=1))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.layers(pixel_values)
+
+
+class ConvGridDecoder(nn.Module):
+    """A grid of vectors -> a 3x3 convolution to the deepest width (normalisation, activation, residual blocks) -> one
+    stride-2 4x4 transposed convolution per encoder stage, in reverse -> a 3x3 convolution to `out_channels` per
+    pixel (the VQ-VAE's decoder)."""
+
+    def __init__(
+        self, in_channels: int, conv_channels: list[int], num_res_blocks: int, out_channels: int, spec: BlockSpec
+    ):
+        super().__init__()
+        deepest = conv_channels[-1]
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, deepest, kernel_size=3, padding=1)]
+        layers += [*conv_norm_activation(deepest, spec), *residual_blocks(deepest, num_res_blocks, spec)]
+        widths = [*reversed(conv_channels), conv_channels[0]]
+        for channels_in, channels in zip(widths[:-1], widths[1:], strict=True):
+            layers += [nn.ConvTranspose2d(channels_in, channels, kernel_size=4, stride=2, padding=1)]
+            layers += conv_norm_activation(channels, spec)
+        layers.append(nn.Conv2d(conv_channels[0], out_channels, kernel_size=3, padding=1))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        return self.layers(grid)
+
+
 __all__ = [
     "ACTIVATIONS",
     "BlockSpec",
     "ConvDecoder",
     "ConvFeatures",
+    "ConvGridDecoder",
+    "ConvGridEncoder",
     "ConvGaussianEncoder",
     "MLPDecoder",
     "MLPGaussianEncoder",

@@ -66,6 +66,12 @@ EVALUATION_METRICS = (
     ("kl", "KL(q(z\\|x) \\|\\| p(z))", None, "nats/image"),
     ("iwae_nll", "IWAE estimate of the negative log-likelihood", "IWAE negative log-likelihood", "nats/image"),
     ("bits_per_dim", "Bits per dimension", "Bits per dimension", "bits/dim"),
+    ("reconstruction_nll", "Reconstruction NLL at the codes, -log p(x\\|z)", None, "nats/image"),
+    ("prior_nll", "Prior NLL of the codes, -log p(z)", None, "nats/image"),
+    ("likelihood_bound", "Likelihood bound, -log p(x\\|z) - log p(z)", None, "nats/image"),
+    ("commitment_loss", "Commitment loss, \\|\\|z_e - e\\|\\|^2", None, "per image"),
+    ("codebook_perplexity", "Codebook perplexity over the split", None, "codes"),
+    ("codebook_usage", "Fraction of codebook entries used over the split", None, ""),
 )
 # config.json entries that are transformers bookkeeping rather than the model's hyper-parameters.
 CONFIG_BOOKKEEPING = {"architectures", "auto_map", "model_type", "transformers_version", "dtype", "torch_dtype"}
@@ -447,7 +453,8 @@ def build_model_card(
         conditional=conditional,
         num_classes=config.num_classes,
         latent_dim=config.latent_dim,
-        num_importance_samples=config.num_importance_samples,
+        num_importance_samples=getattr(config, "num_importance_samples", 1),
+        family=model_cls.card_sections(config) if hasattr(model_cls, "card_sections") else {},
         likelihood=config.likelihood,
         prior_description=_prior_description(config),
         likelihood_description=LIKELIHOODS.get(config.likelihood, f"a {config.likelihood} likelihood over pixels"),

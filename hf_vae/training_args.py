@@ -24,7 +24,9 @@ LR_SCHEDULERS = (
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
     "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay", "greedy",
 )  # fmt: skip
-PRESET_NAMES = ("mnist-2d", "mnist", "mnist-conv", "rgb32-conv", "mnist-hvae", "rgb32-hvae-conv")
+PRESET_NAMES = (
+    "mnist-2d", "mnist", "mnist-conv", "rgb32-conv", "mnist-hvae", "rgb32-hvae-conv", "mnist-vqvae",
+)  # fmt: skip
 
 
 @dataclass
@@ -76,6 +78,21 @@ class ModelArguments:
     )
     num_pseudo_inputs: int | None = field(
         default=None, metadata={"help": "Mixture components of the vamp and mog priors (default 500)."}
+    )
+    codebook_size: int | None = field(default=None, metadata={"help": "VQ-VAE: number of codebook entries."})
+    embedding_dim: int | None = field(default=None, metadata={"help": "VQ-VAE: dimension of the codebook entries."})
+    commitment_cost: float | None = field(
+        default=None, metadata={"help": "VQ-VAE: weight beta of the commitment loss."}
+    )
+    codebook_update: Literal["ema", "loss"] | None = field(
+        default=None, metadata={"help": "VQ-VAE: codebook updated by moving averages (ema) or by its loss."}
+    )
+    ema_decay: float | None = field(default=None, metadata={"help": "VQ-VAE: decay of the codebook's moving averages."})
+    dead_code_steps: int | None = field(
+        default=None, metadata={"help": "VQ-VAE: re-seed a code unused for this many steps (0: never)."}
+    )
+    kmeans_init: bool | None = field(
+        default=None, metadata={"help": "VQ-VAE: set the codebook by k-means on the first batch (true/false)."}
     )
     binarize: Literal["none", "dynamic", "static"] | None = field(
         default=None,

@@ -133,6 +133,9 @@ def _prior_name(model: HfVaePreTrainedModel) -> str:
     """How a samples picture names the prior it drew from."""
     if hasattr(model, "decode_top_down"):
         return "the top-down prior"
+    if hasattr(model, "code_prior"):  # a VQ-VAE: a language model over its codes, or uniform codes without one
+        prior = model.code_prior
+        return "uniform codes" if prior is None else f"a {type(prior).__name__} over the codes"
     names = {"StandardNormal": "N(0, I)", "VampPrior": "the VampPrior", "MixtureOfGaussians": "a mixture of Gaussians"}
     return names.get(type(getattr(model, "prior", None)).__name__, "p(z)")
 
@@ -144,7 +147,8 @@ def plot_samples(model: HfVaePreTrainedModel, seed: int = 0, per_row: int = 10) 
     generator = torch.Generator().manual_seed(seed)
     figure = _figure("samples")
     axes = figure.add_subplot()
-    num_classes = model.config.num_classes
+    # A model whose sampler takes labels (a conditional model, or a VQ-VAE whose prior has class tokens): a row each.
+    num_classes = model.config.num_classes or getattr(model, "sample_classes", None)
     if num_classes is None:
         images = model.sample(per_row * per_row, generator=generator)
         _show_grid(axes, _grid(images, per_row), f"Samples from the prior: decoder means at z ~ {_prior_name(model)}")

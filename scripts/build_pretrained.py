@@ -8,6 +8,11 @@ runs, from the repository root, exactly the commands a user would type:
     hf-vae evaluate pretrained/NAME --dataset_name DATA --split test --iwae_samples K \
         --output pretrained/NAME/evaluation.json
 
+and, when a prior recipe `configs/NAME-prior.json` exists (a VQ-VAE's prior over its codes), between the two:
+
+    hf-vae train-prior --model pretrained/NAME --dataset_name DATA --OPTION VALUE ...   (the recipe's options)
+    hf-vae visualize pretrained/NAME --dataset_name DATA --output_dir pretrained/NAME   (samples now from the prior)
+
 then drops the training checkpoints (they are for resuming, and `hf-vae push` leaves them out too), writes the model
 card as `README.md`, and records the commands and their wall times in `build.json`. The folder is then what
 `hf-vae push pretrained/NAME --repo_id ...` uploads, and `VAEModel.from_pretrained("pretrained/NAME")` loads it.
@@ -41,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", help="the recipe configs/NAME.json; the model goes to pretrained/NAME")
     parser.add_argument("--dataset_name", default="ylecun/mnist", help="Hub dataset id or local copy of MNIST")
     parser.add_argument("--iwae_samples", type=int, default=5000, help="K of the test IWAE estimate")
+    parser.add_argument(
+        "--prior_only",
+        action="store_true",
+        help="keep the trained model and its train command (build.json); train the prior again, redraw, evaluate",
+    )
     args = parser.parse_args(argv)
 
     recipe = Path("configs") / f"{args.name}.json"
@@ -53,13 +63,32 @@ def main(argv: list[str] | None = None) -> int:
              "--overwrite_output_dir"]
     evaluate = [*hf_vae, "evaluate", str(model_dir), "--dataset_name", args.dataset_name, "--split", "test",
                 "--iwae_samples", str(args.iwae_samples), "--output", str(model_dir / "evaluation.json")]
-    train_seconds = _run(train)
+    commands = [train]
+    if args.prior_only:
+        previous = json.loads((REPO_ROOT / model_dir / "build.json").read_text())
+        train_seconds = previous["train_command_seconds"]
+    else:
+        train_seconds = _run(train)
+    prior_recipe = REPO_ROOT / "configs" / f"{args.name}-prior.json"
+    prior_seconds = None
+    if prior_recipe.is_file():
+        options = json.loads(prior_recipe.read_text())
+        train_prior = [*hf_vae, "train-prior", "--model", str(model_dir), "--dataset_name", args.dataset_name]
+        for key, value in options.items():
+            train_prior += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+        visualize = [*hf_vae, "visualize", str(model_dir), "--dataset_name", args.dataset_name, "--output_dir",
+                     str(model_dir)]  # fmt: skip
+        prior_seconds = _run(train_prior)
+        _run(visualize)
+        commands += [train_prior, visualize]
     evaluate_seconds = _run(evaluate)
+    commands.append(evaluate)
 
     shutil.rmtree(REPO_ROOT / model_dir / "checkpoints", ignore_errors=True)
     build = {
-        "commands": [shlex.join(["hf-vae", *command[3:]]) for command in (train, evaluate)],
+        "commands": [shlex.join(["hf-vae", *command[3:]]) for command in commands],
         "train_command_seconds": train_seconds,
+        **({"train_prior_command_seconds": prior_seconds} if prior_seconds is not None else {}),
         "evaluate_command_seconds": evaluate_seconds,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
     }

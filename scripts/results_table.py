@@ -65,7 +65,7 @@ def model_row(model_dir: Path) -> tuple[str, ...]:
     build = _read(model_dir / "build.json")
     training_args = _read(model_dir / "training_args.json")
     data = {"none": "grey", "dynamic": "dynamic", "static": "static"}[config["binarize"]]
-    architecture = config.get("architecture", "mlp")
+    architecture = config.get("architecture", "mlp" if "hidden_sizes" in config else "conv")
     if architecture == "mlp":
         shape = "MLP " + "-".join(str(size) for size in config["hidden_sizes"])
     else:
@@ -76,7 +76,18 @@ def model_row(model_dir: Path) -> tuple[str, ...]:
         shape += f", VampPrior {config['num_pseudo_inputs']}"
     if config.get("num_importance_samples", 1) > 1:
         shape += f", IWAE k={config['num_importance_samples']}"
-    latent = config["latent_dim"] if "latent_dim" in config else sum(config["latent_dims"])
+    if "codebook_size" in config:  # a VQ-VAE: its code grid, and the likelihood bound in place of the estimates
+        grid = config["image_size"] // 2 ** len(config["conv_channels"])
+        shape = f"VQ-VAE, {shape}, {config['codebook_size']} codes, GPT-2 prior"
+        latent = f"{grid}x{grid} codes"
+        losses = ("", "", f"{evaluation['likelihood_bound']:.2f} (bound)")
+    else:
+        latent = config["latent_dim"] if "latent_dim" in config else sum(config["latent_dims"])
+        losses = (
+            f"{evaluation['reference_style_loss']:.2f}",
+            f"{evaluation['negative_elbo']:.2f}",
+            f"{evaluation['iwae_nll']:.2f} ({evaluation['iwae_samples']})",
+        )
     return (
         f"[`pretrained/{model_dir.name}`](pretrained/{model_dir.name})",
         f"`{training_args['preset']}` ({shape})",
@@ -84,10 +95,8 @@ def model_row(model_dir: Path) -> tuple[str, ...]:
         str(latent),
         data,
         str(train_results["epochs_completed"]),
-        _duration(build["train_command_seconds"]),
-        f"{evaluation['reference_style_loss']:.2f}",
-        f"{evaluation['negative_elbo']:.2f}",
-        f"{evaluation['iwae_nll']:.2f} ({evaluation['iwae_samples']})",
+        _duration(build["train_command_seconds"] + build.get("train_prior_command_seconds", 0)),
+        *losses,
     )
 
 

@@ -6,6 +6,7 @@ from family_tester import FamilyTester, tiny_dataset  # noqa: F401  (the fixture
 
 from hf_vae import VAEConfig
 from hf_vae.configuration_hvae import HVAEConfig
+from hf_vae.configuration_vqvae import VQVAEConfig
 
 TINY_MLP = ["--hidden_sizes", "16", "--latent_dim", "2"]
 
@@ -63,3 +64,12 @@ class TestHierarchicalVampPrior(FamilyTester):
     config = HVAEConfig(latent_dims=[4, 2], hidden_sizes=[16], normalization="batch", prior="vamp", num_pseudo_inputs=4)
     train_arguments = ["--preset", "mnist-hvae", "--latent_dims", "4", "2", "--hidden_sizes", "16", "--prior", "vamp",
                        "--num_pseudo_inputs", "4"]  # fmt: skip
+
+
+class TestVQVAE(FamilyTester):
+    config = VQVAEConfig(
+        image_size=28, conv_channels=[4, 8], num_res_blocks=1, embedding_dim=3, codebook_size=8, binarize="dynamic"
+    )
+    train_arguments = ["--preset", "mnist-vqvae", "--conv_channels", "4", "8", "--embedding_dim", "3",
+                       "--codebook_size", "8"]  # fmt: skip
+

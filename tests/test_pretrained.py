@@ -15,7 +15,7 @@ import yaml
 
 from hf_vae.data import ImageTensors, evaluation_images, to_pixel_values
 from hf_vae.evaluation import load_split
-from hf_vae.families import load_pretrained, model_class
+from hf_vae.families import FAMILIES, load_pretrained, remote_code_files
 from hf_vae.hub import collect_files
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def saved_config(model_dir: Path) -> dict:
 
 
 def test_every_recipe_has_a_reference_model():
-    recipes = {path.stem for path in (REPO_ROOT / "configs").glob("*.json")}
+    recipes = {path.stem for path in (REPO_ROOT / "configs").glob("*.json") if not path.stem.endswith("-prior")}
     assert recipes and recipes == {path.name for path in MODEL_DIRS}
 
 
@@ -63,8 +63,13 @@ def test_folder_holds_weights_config_card_and_results_and_no_code(model_dir):
     if config["model_type"] == "hf_hvae":
         expected.add("layers.png")
     expected |= {name for name in ("gmm_sampler.safetensors", "sample_metrics.json") if (model_dir / name).is_file()}
+    uploaded = expected - {"README.md"}
+    if (model_dir / "prior").is_dir():  # a VQ-VAE's prior over its codes (hf-vae train-prior)
+        expected |= {"prior", "prior_metrics.csv", "prior_results.json"}
+        prior_files = {"prior/config.json", "prior/generation_config.json", "prior/model.safetensors"}
+        uploaded |= {"prior_metrics.csv", "prior_results.json", *prior_files}
     assert files == expected
-    assert {path.as_posix() for path in collect_files(model_dir)} == expected - {"README.md"}
+    assert {path.as_posix() for path in collect_files(model_dir)} == uploaded
 
 
 def test_committed_card_states_the_committed_results(model_dir):
@@ -79,8 +84,10 @@ def test_committed_card_states_the_committed_results(model_dir):
     assert metrics["iwae_nll"] == pytest.approx(evaluation["iwae_nll"], abs=1e-4)
     assert metrics["negative_elbo"] == pytest.approx(evaluation["negative_elbo"], abs=1e-4)
     assert f"{evaluation['num_parameters']:,} parameters" in text
-    modeling_module = model_class(saved_config(model_dir)["model_type"]).__module__.rsplit(".", 1)[1]
-    assert "trust_remote_code=True" in text and f"`{modeling_module}.py`" in text
+    model_type = json.loads((model_dir / "config.json").read_text())["model_type"]
+    modeling = FAMILIES[model_type][2].rsplit(".", 1)[1] + ".py"
+    assert modeling in remote_code_files(model_type)
+    assert "trust_remote_code=True" in text and f"`{modeling}`" in text
     for picture in ("samples.png", "reconstructions.png", "training_curves.png"):
         assert f"({picture})" in text
 
@@ -128,11 +135,22 @@ def test_sample_quality_is_stated_in_the_card_and_the_gmm_sampler_loads(model_di
 
 def test_weights_reproduce_the_committed_negative_elbo(model_dir, mnist_dir):
     """A fresh 10-sample negative ELBO of the whole test split agrees with `evaluation.json` to Monte Carlo noise
-    (same images, other posterior draws: well under 0.2 nats), so the committed figures belong to these weights."""
+    (same images, other posterior draws: well under 0.2 nats), so the committed figures belong to these weights. A
+    family with its own evaluation figures (the VQ-VAE's deterministic posterior) reproduces its reconstruction NLL
+    and codebook usage over the split instead (its prior's part costs a pass of the prior per class)."""
     model = load_pretrained(model_dir).eval()
     evaluation = json.loads((model_dir / "evaluation.json").read_text())
     data = load_split(str(mnist_dir), model.config, "test")
     pixels = evaluation_pixel_values(data.images, model.config.binarize, evaluation["seed"])
+    if hasattr(model, "evaluation_figures"):
+        model.set_code_prior(None)
+        parts = [model.evaluation_figures(batch) for batch in pixels.split(1000)]
+        figures = {name: torch.cat([part[name] for part in parts]) for name in ("reconstruction_nll", "code_counts")}
+        summary = model.evaluation_summary({**figures, **{name: figures["reconstruction_nll"] for name in (
+            "prior_nll", "likelihood_bound", "commitment_loss")}})  # fmt: skip
+        assert summary["reconstruction_nll"] == pytest.approx(evaluation["reconstruction_nll"], abs=1e-3)
+        assert summary["codebook_usage"] == evaluation["codebook_usage"]
+        return
     generator = torch.Generator().manual_seed(123)
     labels = data.labels if model.config.num_classes is not None else None
     negative_elbo = torch.cat(
@@ -162,4 +180,7 @@ def test_readme_results_table_is_generated_from_the_committed_files():
     table = results_table.results_table()
     for model_dir in MODEL_DIRS:
         evaluation = json.loads((model_dir / "evaluation.json").read_text())
-        assert f"{evaluation['iwae_nll']:.2f} ({evaluation['iwae_samples']})" in table
+        if "likelihood_bound" in evaluation:
+            assert f"{evaluation['likelihood_bound']:.2f} (bound)" in table
+        else:
+            assert f"{evaluation['iwae_nll']:.2f} ({evaluation['iwae_samples']})" in table

@@ -33,6 +33,9 @@ SMALL = {
                  "--max_threshold_samples", "200", "--generated_samples", "500"],  # fmt: skip
     "fit-sampler": ["--max_samples", "600"],
     "visualize": ["--max_samples", "200"],
+    "train-prior": ["--max_train_samples", "300", "--max_eval_samples", "100", "--num_train_epochs", "1",
+                    "--num_layers", "1", "--hidden_size", "16", "--num_heads", "2"],  # fmt: skip
+    "encode": ["--max_samples", "100"],
 }
 pytestmark = pytest.mark.slow
 

@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("hf_vae.cli.evaluate", "negative ELBO, IWAE NLL, active units, sample quality, anomaly scores"),
     "fit-sampler": ("hf_vae.cli.fit_sampler", "fit the Gaussian mixture latent sampler (sample(sampler='gmm'))"),
     "visualize": ("hf_vae.cli.visualize", "samples, reconstructions, latent maps, interpolations, curves"),
+    "train-prior": ("hf_vae.cli.train_prior", "train the GPT-2 prior over a VQ-VAE's codes (saved in its prior/)"),
+    "encode": ("hf_vae.cli.encode", "a VQ-VAE's code grids of an image dataset, as a `datasets` dataset"),
     "push": ("hf_vae.cli.push", "upload a trained model folder, with its model card, to the Hub"),
     "convert": ("hf_vae.cli.convert", "convert a tutorial `best_vae_model.pth` checkpoint to an hf-vae model"),
     "demo": ("hf_vae.cli.demo", "serve a model's interactive Gradio demo (generate, explore, score, interpolate)"),
@@ -29,7 +31,7 @@ DEBUG_ENV = "HF_VAE_DEBUG"
 
 def _usage() -> str:
     lines = ["usage: hf-vae <command> [options]", "", "commands:"]
-    lines += [f"  {name:<11} {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    lines += [f"  {name:<12} {help_text}" for name, (_, help_text) in COMMANDS.items()]
     lines += ["", "Run `hf-vae <command> --help` for a command's options; add --debug to see tracebacks."]
     return "\n".join(lines)
 

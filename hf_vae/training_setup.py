@@ -40,6 +40,18 @@ def check_world_size(accelerator: Accelerator) -> None:
         )
 
 
+def compiled_for_training(model: torch.nn.Module, args: TrainingArguments) -> torch.nn.Module:
+    """`model` compiled with `torch.compile` under --torch_compile (else itself). Inductor's FX graph and
+    AOTAutograd caches (on by default, in TORCHINDUCTOR_CACHE_DIR or /tmp/torchinductor_$USER) keep the compiled
+    code on disk, so a second run of the same model and batch shapes skips most of the compile time."""
+    if not args.torch_compile:
+        return model
+    mode = None if args.torch_compile_mode in (None, "default") else args.torch_compile_mode
+    # Static shapes: the epoch's last, smaller batch gets its own graph (there are only two batch sizes), and the
+    # models' `torch.randn(shape, generator=None)` cannot be traced with a symbolic batch size.
+    return torch.compile(model, backend=args.torch_compile_backend or "inductor", mode=mode, dynamic=False)
+
+
 def check_output_dir(args: TrainingArguments, output_dir: Path) -> None:
     """Never write over a finished run by accident."""
     from .checkpointing import CHECKPOINTS_DIR

@@ -78,6 +78,7 @@ from .training_setup import (
     check_output_dir,
     check_world_size,
     compiled_for_training,
+    in_training_layout,
     load_data,
     tracker_config,
     with_image_shape_of,
@@ -130,7 +131,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     check_model_options(model_args)
     splits = load_data(data_args, model_args, args.seed, accelerator)
     model_args = with_image_shape_of(model_args, splits.train)
-    model = build_model(model_args)
+    model = in_training_layout(build_model(model_args), accelerator.device)
     config = model.config
     check_data(splits, config)
     train_data = splits.train

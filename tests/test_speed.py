@@ -14,13 +14,15 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
+import torch
 from accelerate.state import AcceleratorState, GradientState
 from safetensors import safe_open
 from test_training import REPO, TINY, make_dataset, subprocess_env
 
-from hf_vae import VAEModel
+from hf_vae import VAEConfig, VAEModel
 from hf_vae.cli import main as cli_main
 from hf_vae.data import IN_MEMORY_ENV, load_splits
+from hf_vae.training_setup import in_training_layout
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -115,3 +117,21 @@ def test_a_split_larger_than_the_memory_limit_trains_in_bounded_memory(tmp_path)
     assert added < MEMORY_LIMIT, f"training added {added / 2**20:.0f} MiB to the resident memory"
     results = json.loads((tmp_path / "out" / "run" / "train_results.json").read_text())
     assert results["global_step"] == 6 and results["validation_images"] == SMALL_ROWS
+
+
+# ---------------------------------------------------------------------------------------------- channels-last
+def test_conv_models_train_channels_last_with_the_same_values_and_weight_names(tmp_path):
+    config = VAEConfig(architecture="conv", conv_channels=[4, 8], latent_dim=2)
+    model = VAEModel(config).eval()
+    pixels = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    expected = model.reconstruct(pixels)
+    weights = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    nhwc = in_training_layout(model, torch.device("cpu"))
+    assert nhwc.encoder.downsample[1].weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(nhwc.reconstruct(pixels), expected)
+    nhwc.save_pretrained(tmp_path)
+    loaded = VAEModel.from_pretrained(tmp_path).eval()
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, weights[name]) and tensor.is_contiguous(), name
+    mlp = VAEModel(VAEConfig(hidden_sizes=[8], latent_dim=2))
+    assert in_training_layout(mlp, torch.device("cpu")) is mlp

@@ -3,7 +3,8 @@
 Decoding PNGs is the slow part of an image pipeline (the reference spends about a third of its epoch in
 per-sample PIL/ToTensor work). Here each split is decoded exactly once into a contiguous uint8 tensor
 (N, C, H, W), cached on disk next to the `datasets` cache under the dataset's fingerprint, and batches are
-sliced from it; scaling to [0, 1] and binarisation happen per batch on whole tensors.
+sliced from it; scaling to [0, 1] and binarisation happen per batch on whole tensors. A split larger than
+`in_memory_limit()` stays in its cache file and each batch reads only its rows (`RowFile`).
 """
 
 from __future__ import annotations

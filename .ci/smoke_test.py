@@ -20,7 +20,7 @@ package_dir = Path(hf_vae.__file__).resolve().parent
 assert "site-packages" in package_dir.parts, f"hf_vae was imported from {package_dir}, not from the installed wheel"
 
 help_text = subprocess.run(["hf-vae", "--help"], check=True, capture_output=True, text=True).stdout
-for command in ("train", "evaluate", "visualize", "push", "convert"):
+for command in ("train", "evaluate", "visualize", "push", "convert", "demo"):
     assert command in help_text, f"`hf-vae --help` does not list {command!r}:\n{help_text}"
 
 torch.manual_seed(0)
@@ -32,6 +32,11 @@ with tempfile.TemporaryDirectory() as folder:
         assert torch.equal(tensor, loaded.state_dict()[name]), f"{name} changed in the save/load round trip"
     images = loaded.sample(4, generator=torch.Generator().manual_seed(0))
     assert images.shape == (4, 1, 28, 28) and torch.isfinite(images).all()
+    from transformers import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(folder)
+    assert type(processor).__name__ == "VAEImageProcessor", type(processor)
+    assert processor.postprocess(images)[0].size == (28, 28)
     card = str(build_model_card(folder, "someone/smoke-vae"))
     assert card.startswith("---\n") and "library_name: hf-vae" in card and "someone/smoke-vae" in card, card[:500]
 print(f"wheel smoke test passed: hf_vae {hf_vae.__version__} from {package_dir}")

@@ -1,7 +1,8 @@
 """hf-vae: Variational Autoencoders native to the Hugging Face ecosystem.
 
-`import hf_vae` registers every family with transformers' `AutoConfig` / `AutoModel` (so that
-`AutoModel.from_pretrained(folder)` works without `trust_remote_code`) and exposes the classes. The `hf-vae` command
+`import hf_vae` registers every family with transformers' `AutoConfig` / `AutoModel` / `AutoImageProcessor` (so that
+`AutoModel.from_pretrained(folder)` and `AutoImageProcessor.from_pretrained(folder)` work without
+`trust_remote_code`) and exposes the classes. The `hf-vae` command
 skips that import-time work until a command runs, so that `hf-vae --help` starts at once: the names below are loaded
 on first use either way.
 """
@@ -23,6 +24,7 @@ _EXPORTS = {
     "VAEOutput": "modeling_vae",
     "VAEEncoderOutput": "modeling_vae",
     "VAEDecoderOutput": "modeling_vae",
+    "VAEImageProcessor": "image_processing_vae",
 }
 _registered = False
 
@@ -33,14 +35,18 @@ def register_families() -> None:
     global _registered
     if _registered:
         return
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
-    from .families import FAMILIES, config_class, model_class
+    from .families import FAMILIES, config_class, image_processor_class, model_class
 
+    processor = image_processor_class()
+    processor.register_for_auto_class("AutoImageProcessor")
     for model_type in FAMILIES:
         config, model = config_class(model_type), model_class(model_type)
         AutoConfig.register(model_type, config, exist_ok=True)
         AutoModel.register(config, model, exist_ok=True)
+        backends = {"pil": processor, "torchvision": processor}
+        AutoImageProcessor.register(config, image_processor_classes=backends, exist_ok=True)
         config.register_for_auto_class()
         model.register_for_auto_class("AutoModel")
     _registered = True

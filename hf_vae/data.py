@@ -16,7 +16,6 @@ import math
 import os
 import struct
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,9 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
+
+from .image_processing_vae import ImageDecodeError, decode_image
 
 logger = logging.getLogger(__name__)
 
@@ -321,68 +322,13 @@ def resolve_columns(
 def _decode_image(
     data: bytes | str | os.PathLike | Image.Image | np.ndarray, mode: str, image_size: int | None
 ) -> np.ndarray:
-    """One image (encoded bytes, a file path, a PIL image or an array) as a uint8 array in `mode` ("L" or "RGB"),
-    resized and centre-cropped to `image_size` x `image_size` when given.
-
-    Images come from files users hand us, so whatever the bytes, this returns pixels or raises `DataError` with a
-    short reason, to which callers add the file or row. PIL parses the bytes without running any code, so every
-    exception it raises (`OSError`, `SyntaxError`, `ValueError`, `struct.error`, ...) means a damaged or unsupported
-    file. An image over PIL's decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`) is refused before its pixels are
-    decoded, and one that libtiff reads only in part is refused rather than padded. 16-bit greyscale is scaled to 8
-    bits (PIL's own conversion would clip it to white); palette, RGBA (alpha dropped) and CMYK images are converted
-    by PIL."""
+    """One image as a uint8 array in `mode` ("L" or "RGB"), resized and centre-cropped to `image_size` when given:
+    `image_processing_vae.decode_image` (the image processor's guarded decoding), its errors as `DataError`s to which
+    callers add the file or row."""
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            if isinstance(data, Image.Image):
-                array = _image_to_array(data, mode, image_size)
-            elif isinstance(data, np.ndarray):
-                array = _image_to_array(Image.fromarray(np.asarray(data)), mode, image_size)
-            else:
-                source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
-                with Image.open(source) as image:
-                    array = _image_to_array(image, mode, image_size)
-    except DataError:
-        raise
-    except Image.DecompressionBombError as error:
-        reason = str(error).rstrip(".")
-        raise DataError(f"it is too large to decode safely ({reason}); shrink it first") from None
-    except Exception as error:  # the decoding boundary: PIL runs no code, any failure means bad bytes
-        reason = " ".join(str(error).split())[:200] or "no details"
-        raise DataError(f"it is damaged or not an image PIL can decode ({type(error).__name__}: {reason})") from None
-    for warning in caught:
-        message = " ".join(str(warning.message).split())
-        if "truncated" in message.lower():  # libtiff decodes what is there and warns: the rest would be blank
-            raise DataError(f"it is truncated ({message})")
-        if not issubclass(warning.category, Image.DecompressionBombWarning):
-            warnings.warn(message, warning.category, stacklevel=2)
-    return array
-
-
-def _image_to_array(image: Image.Image, mode: str, image_size: int | None) -> np.ndarray:
-    limit = Image.MAX_IMAGE_PIXELS
-    width, height = image.size
-    if limit and width * height > limit:
-        raise DataError(
-            f"it is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels), over the "
-            f"{limit / 1e6:.0f}-megapixel limit that guards against decompression bombs; shrink it first"
-            + (f" (it is resized to {image_size}x{image_size} anyway)" if image_size else "")
-        )
-    if image.mode.startswith("I;16"):  # 16-bit greyscale: scale 0..65535 to 0..255 (PIL's convert clips it)
-        levels = np.asarray(image).astype(np.uint32)
-        image = Image.fromarray(((levels * 255 + 32767) // 65535).astype(np.uint8))
-    elif image.mode in ("I", "F"):  # 32-bit integer or float pixels: only values 0..255 convert without clipping
-        values = np.asarray(image)
-        if values.size and not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= 255):
-            raise DataError(
-                f"its {image.mode!r} (32-bit) pixels span [{values.min()}, {values.max()}], outside 0..255; save it "
-                "as an 8-bit image"
-            )
-    if image.mode != mode:
-        image = image.convert(mode)
-    if image_size is not None and image.size != (image_size, image_size):
-        image = ImageOps.fit(image, (image_size, image_size), method=Image.Resampling.BICUBIC)
-    return np.asarray(image, dtype=np.uint8)
+        return decode_image(data, mode, image_size)
+    except ImageDecodeError as error:
+        raise DataError(str(error)) from None
 
 
 def _raw_images(dataset: datasets.Dataset, image_column: str, start: int = 0, stop: int | None = None) -> list:

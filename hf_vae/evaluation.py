@@ -27,7 +27,6 @@ from tqdm.auto import tqdm
 from .data import (
     DataError,
     ImageTensors,
-    _decode_image,
     check_matches_config,
     decode_split,
     evaluation_images,
@@ -45,6 +44,7 @@ from .estimators import (
     negative_elbo,
 )
 from .families import check_model_location, load_pretrained
+from .image_processing_vae import ImageDecodeError, VAEImageProcessor
 from .modeling_utils import evaluating
 
 logger = logging.getLogger(__name__)
@@ -118,10 +118,13 @@ def _image_extensions() -> set[str]:
     return {extension for extension, image_format in Image.registered_extensions().items() if image_format in opened}
 
 
-def load_image_folder(folder: str | Path, image_size: int, num_channels: int) -> tuple[list[Path], torch.Tensor]:
-    """Every image file under `folder` (recursively, sorted by path), converted to the model's channels and
-    resized/centre-cropped to its size: the paths and a uint8 tensor (N, C, H, W). A file that cannot be decoded
-    (damaged, truncated, over PIL's decompression-bomb limit) is an `EvaluationError` naming it, before any score."""
+def load_image_folder(
+    folder: str | Path, image_size: int, num_channels: int, processor: VAEImageProcessor | None = None
+) -> tuple[list[Path], torch.Tensor]:
+    """Every image file under `folder` (recursively, sorted by path), decoded by the model's image processor
+    (converted to its channels, resized/centre-cropped to its size): the paths and a uint8 tensor (N, C, H, W). A
+    file that cannot be decoded (damaged, truncated, over PIL's decompression-bomb limit) is an `EvaluationError`
+    naming it, before any score."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise EvaluationError(f"--image_folder {str(folder)!r} is not a folder.")
@@ -131,16 +134,15 @@ def load_image_folder(folder: str | Path, image_size: int, num_channels: int) ->
         raise EvaluationError(
             f"No image files found under {str(folder)!r} (looked for {', '.join(sorted(extensions)[:12])}, ...)."
         )
-    mode = "L" if num_channels == 1 else "RGB"
-    arrays = []
+    processor = processor or VAEImageProcessor(image_size=image_size, num_channels=num_channels)
+    images = []
     for path in paths:
         try:
-            arrays.append(_decode_image(path, mode, image_size))
-        except DataError as error:  # damaged, truncated, too large, or 32-bit pixels out of range
-            raise EvaluationError(f"Cannot read image {str(path)!r}: {error}. Fix or remove the file.") from None
-    stacked = np.stack(arrays)
-    images = torch.from_numpy(stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2))
-    return paths, images.contiguous()
+            images.append(processor.load_images(path))
+        except ImageDecodeError as error:  # damaged, truncated, too large, or 32-bit pixels out of range
+            reason = str(error).removeprefix("Cannot read the image: ").rstrip(".")
+            raise EvaluationError(f"Cannot read image {str(path)!r}: {reason}. Fix or remove the file.") from None
+    return paths, torch.cat(images)
 
 
 # ---------------------------------------------------------------------------------------------- figures
@@ -444,15 +446,16 @@ def run_anomaly_scoring(
     threshold = _fit_threshold(args, model, use_labels)
     limit = None if threshold is None else threshold["threshold"]
     if folder:
-        paths, images = load_image_folder(args.image_folder, model.config.image_size, model.config.num_channels)
+        processor = VAEImageProcessor.for_model(model)
+        paths, images = load_image_folder(args.image_folder, processor.image_size, processor.num_channels, processor)
+        pixel_values = processor.to_pixel_values(images, seed=args.seed)
         labels, keys = None, {"file": [str(path.relative_to(args.image_folder)) for path in paths]}
     else:
-        images, labels = data.images, data.labels
+        labels = data.labels
         keys = {"index": list(range(len(data)))}
         if labels is not None:
             keys["label"] = labels.tolist()
-    binarized = evaluation_images(ImageTensors(images, labels), model.config.binarize, args.seed)
-    pixel_values = to_pixel_values(binarized.images)
+        pixel_values = to_pixel_values(evaluation_images(data, model.config.binarize, args.seed).images)
     scores = anomaly_scores(
         model,
         pixel_values,

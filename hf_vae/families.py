@@ -18,6 +18,8 @@ FAMILIES: dict[str, tuple[str, str, str, str]] = {
     "hf_vae": ("hf_vae.configuration_vae", "VAEConfig", "hf_vae.modeling_vae", "VAEModel"),
     "hf_hvae": ("hf_vae.configuration_hvae", "HVAEConfig", "hf_vae.modeling_hvae", "HVAEModel"),
 }
+# Every family's images go through one image processor (saved as preprocessor_config.json with each model).
+IMAGE_PROCESSOR: tuple[str, str] = ("hf_vae.image_processing_vae", "VAEImageProcessor")
 
 
 def config_class(model_type: str) -> type:
@@ -113,16 +115,20 @@ def load_pretrained(name_or_path: str | os.PathLike, **kwargs: Any):
     return model_class(model_type).from_pretrained(name_or_path, **kwargs)
 
 
+def image_processor_class() -> type:
+    return getattr(importlib.import_module(IMAGE_PROCESSOR[0]), IMAGE_PROCESSOR[1])
+
+
 def remote_code_files(model_type: str) -> list[str]:
-    """The file names `trust_remote_code` needs for a family: its configuration and modeling modules and every
-    sibling module they import (transformers' own rule, `get_relative_import_files`, which also decides what
+    """The file names `trust_remote_code` needs for a family: its configuration, modeling and image processing modules
+    and every sibling module they import (transformers' own rule, `get_relative_import_files`, which also decides what
     `save_pretrained` copies and what a loader downloads)."""
     from transformers.dynamic_module_utils import get_relative_import_files
 
     package_dir = Path(__file__).resolve().parent
     configuration, _, modeling, _ = _family(model_type)
     files = set()
-    for module in (configuration, modeling):
+    for module in (configuration, modeling, IMAGE_PROCESSOR[0]):
         path = package_dir / f"{module.rsplit('.', 1)[1]}.py"
         files.add(path.name)
         files.update(Path(found).name for found in get_relative_import_files(path))
@@ -138,9 +144,18 @@ def auto_map(model_type: str) -> dict[str, str]:
     }
 
 
+def image_processor_auto_map() -> dict[str, str]:
+    """preprocessor_config.json's `auto_map`: where `trust_remote_code` finds the image processor."""
+    module, name = IMAGE_PROCESSOR
+    return {"AutoImageProcessor": f"{module.rsplit('.', 1)[1]}.{name}"}
+
+
 __all__ = [
     "FAMILIES",
+    "IMAGE_PROCESSOR",
     "auto_map",
+    "image_processor_auto_map",
+    "image_processor_class",
     "config_class",
     "config_from_preset",
     "load_pretrained",

@@ -25,7 +25,14 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import validate_repo_id
 
-from .families import auto_map, model_type_of, remote_code_files
+from .families import (
+    auto_map,
+    config_class,
+    image_processor_auto_map,
+    image_processor_class,
+    model_type_of,
+    remote_code_files,
+)
 from .model_card import CARD_NAME, PICTURES, build_model_card
 
 try:  # the HTTP client of huggingface_hub 2.x; 1.x used httpx
@@ -49,6 +56,7 @@ RESULT_FILES = (
     "conversion.json",
     *(file for file, _ in PICTURES),
 )
+PROCESSOR_CONFIG = "preprocessor_config.json"
 LOGIN_HINT = "Log in with `hf auth login`, or set the HF_TOKEN environment variable"
 NOTHING_CHANGED = "No commit was made and the local folder is unchanged."
 
@@ -94,16 +102,27 @@ def _operations(model_dir: Path, files: list[Path], card: bytes) -> list[CommitO
         if relative.as_posix() in code_files:
             continue
         content: str | bytes = str(model_dir / relative)
-        if relative.as_posix() == "config.json":
+        if relative.as_posix() in ("config.json", PROCESSOR_CONFIG):
             config = json.loads((model_dir / relative).read_text(encoding="utf-8"))
-            config["auto_map"] = auto_map(model_type)
+            config["auto_map"] = auto_map(model_type) if relative.name == "config.json" else image_processor_auto_map()
             content = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
         operations.append(CommitOperationAdd(path_in_repo=relative.as_posix(), path_or_fileobj=content))
+    if Path(PROCESSOR_CONFIG) not in files:  # a folder saved before image processors were
+        processor = _processor_config(model_dir)
+        operations.append(CommitOperationAdd(path_in_repo=PROCESSOR_CONFIG, path_or_fileobj=processor))
     package_dir = Path(__file__).resolve().parent
     for name in code_files:
         operations.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(package_dir / name)))
     operations.append(CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=card))
     return operations
+
+
+def _processor_config(model_dir: Path) -> bytes:
+    """preprocessor_config.json for a folder that has none, read off its config.json."""
+    config = config_class(model_type_of(model_dir) or "hf_vae").from_pretrained(model_dir)
+    processor = image_processor_class().from_model_config(config).to_dict()
+    processor["auto_map"] = image_processor_auto_map()
+    return (json.dumps(processor, indent=2, sort_keys=True) + "\n").encode()
 
 
 def _refuse_leaked_token(model_dir: Path, files: list[Path], card: bytes, token: str) -> None:
@@ -208,6 +227,40 @@ def push_to_hub(
     except (HfHubHTTPError, TransportError) as error:
         raise _explain(error, api.endpoint, repo_id) from error
     logger.info("Pushed %s to %s", model_dir, commit.commit_url)
+    return commit
+
+
+def push_space(
+    repo_id: str,
+    space_id: str | None = None,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    endpoint: str | None = None,
+) -> CommitInfo:
+    """Create (or update) the Gradio Space that serves model repo `repo_id`'s demo: app.py, requirements.txt and a
+    README with `sdk: gradio` front matter (see `space.space_files`), in one commit. `space_id` defaults to
+    `<repo_id>-demo`."""
+    from .space import space_files, space_id_for
+
+    space_id = space_id or space_id_for(repo_id)
+    validate_repo_id(space_id)
+    token = token or get_token()
+    if not token:
+        raise HubPushError(f"No Hugging Face token found: creating the demo Space needs one. {LOGIN_HINT}.")
+    api = HfApi(endpoint=endpoint, token=token)
+    try:
+        api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+        operations = [
+            CommitOperationAdd(path_in_repo=name, path_or_fileobj=content)
+            for name, content in space_files(repo_id).items()
+        ]
+        commit = api.create_commit(
+            space_id, operations, repo_type="space", commit_message=f"Demo of {repo_id} with hf-vae"
+        )
+    except (HfHubHTTPError, TransportError) as error:
+        raise _explain(error, api.endpoint, space_id) from error
+    logger.info("Pushed the demo Space %s", commit.commit_url)
     return commit
 
 

@@ -133,6 +133,40 @@ def residual_blocks(channels: int, count: int, spec: BlockSpec) -> list[nn.Modul
     return [ResidualBlock(channels, spec) for _ in range(count)]
 
 
+def conv_stages(
+    in_channels: int, conv_channels: list[int], num_res_blocks: int, spec: BlockSpec
+) -> tuple[nn.ModuleList, nn.ModuleList]:
+    """One stride-2 4x4 convolution per entry of `conv_channels` (each halving the image) and, after each, the
+    normalisation, activation and `num_res_blocks` residual blocks of that stage."""
+    downsample, blocks = nn.ModuleList(), nn.ModuleList()
+    for channels in conv_channels:
+        downsample.append(nn.Conv2d(in_channels, channels, kernel_size=4, stride=2, padding=1))
+        blocks.append(
+            nn.Sequential(*conv_norm_activation(channels, spec), *residual_blocks(channels, num_res_blocks, spec))
+        )
+        in_channels = channels
+    return downsample, blocks
+
+
+class ConvFeatures(nn.Module):
+    """Image -> the stages of `conv_stages` -> the smallest feature map, flattened to
+    (B, conv_channels[-1] * (image_size / 2 ** stages) ** 2): the convolutional body of `ConvGaussianEncoder` without
+    its Gaussian heads, for networks that put their own layers on top."""
+
+    def __init__(
+        self, in_channels: int, image_size: int, conv_channels: list[int], num_res_blocks: int, spec: BlockSpec
+    ):
+        super().__init__()
+        self.downsample, self.blocks = conv_stages(in_channels, conv_channels, num_res_blocks, spec)
+        self.out_features = conv_channels[-1] * (image_size // 2 ** len(conv_channels)) ** 2
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        hidden = pixel_values
+        for downsample, block in zip(self.downsample, self.blocks, strict=True):
+            hidden = block(downsample(hidden))
+        return hidden.flatten(1)
+
+
 class ConvGaussianEncoder(nn.Module):
     """Image -> one stride-2 4x4 convolution per entry of `conv_channels` (each halving the image, followed by
     normalisation, activation and `num_res_blocks` residual blocks) -> flatten -> linear Gaussian mean and
@@ -154,14 +188,7 @@ class ConvGaussianEncoder(nn.Module):
         spec: BlockSpec,
     ):
         super().__init__()
-        self.downsample = nn.ModuleList()
-        self.blocks = nn.ModuleList()
-        for channels in conv_channels:
-            self.downsample.append(nn.Conv2d(in_channels, channels, kernel_size=4, stride=2, padding=1))
-            self.blocks.append(
-                nn.Sequential(*conv_norm_activation(channels, spec), *residual_blocks(channels, num_res_blocks, spec))
-            )
-            in_channels = channels
+        self.downsample, self.blocks = conv_stages(in_channels, conv_channels, num_res_blocks, spec)
         self.label_projection = nn.Linear(num_classes, conv_channels[0], bias=False) if num_classes else None
         features = conv_channels[-1] * (image_size // 2 ** len(conv_channels)) ** 2
         self.fc_mu = nn.Linear(features, latent_dim)
@@ -223,11 +250,13 @@ __all__ = [
     "ACTIVATIONS",
     "BlockSpec",
     "ConvDecoder",
+    "ConvFeatures",
     "ConvGaussianEncoder",
     "MLPDecoder",
     "MLPGaussianEncoder",
     "ResidualBlock",
     "VAEDropout",
+    "conv_stages",
     "mlp_layers",
     "normalization",
 ]

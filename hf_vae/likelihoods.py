@@ -1,8 +1,10 @@
 """Pixel likelihoods p(x | decoder output), shared by every family: the Bernoulli of the reference tutorial and the
 discretised logistic of PixelCNN++ for 8-bit photographs.
 
-Each offers `nll(params, pixel_values)` (nats per image, summed over pixels, shape (B,)), `mean(params)` (the images
-the parameters stand for, in [0, 1]) and `params_per_channel` (decoder output channels per image channel).
+Each offers `nll(params, pixel_values)` (nats per image, summed over pixels: params (..., C', H, W) against pixels
+(B, C, H, W) broadcast over any leading sample dimensions, shape (..., B), so that K posterior samples are scored
+without K copies of the images), `mean(params)` (the images the parameters stand for, in [0, 1]) and
+`params_per_channel` (decoder output channels per image channel).
 
 Copied next to the weights for `trust_remote_code`: imports only torch.
 """
@@ -48,7 +50,11 @@ class BernoulliLikelihood:
     params_per_channel = 1
 
     def nll(self, params: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(params, pixel_values, reduction="none").flatten(1).sum(1)
+        """The binary cross-entropy with logits, summed per image, as softplus(l) - x l (exact for any x in [0, 1]):
+        the x l term is a product with the images instead of an elementwise pass over K copies of them."""
+        logits = params.flatten(-3)
+        targets = pixel_values.flatten(-3).to(logits.dtype)
+        return F.softplus(logits).sum(-1) - torch.einsum("...bd,bd->...b", logits, targets)
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(params)
@@ -62,8 +68,8 @@ class DiscretizedLogisticLikelihood:
     params_per_channel = 2
 
     def nll(self, params: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
-        location, log_scale = params.chunk(2, dim=1)
-        return -discretized_logistic_log_prob(pixel_values, location, log_scale).flatten(1).sum(1)
+        location, log_scale = params.chunk(2, dim=-3)
+        return -discretized_logistic_log_prob(pixel_values, location, log_scale).flatten(-3).sum(-1)
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         """The location clamped to [0, 1]: the most likely level, not a random draw."""

@@ -324,6 +324,11 @@ def _weights(model_dir: Path) -> str:
 
 def _prior_description(config: Any) -> str:
     prior = getattr(config, "prior", "standard_normal")
+    if hasattr(config, "latent_dims"):
+        layers = f"top-down over {len(config.latent_dims)} stochastic layers ({config.latent_dims}, bottom first)"
+        if prior == "vamp":
+            return f"{layers}, with the VampPrior of {config.num_pseudo_inputs} learned pseudo-inputs on the top layer"
+        return layers
     if prior == "vamp":
         return (
             "the VampPrior (Tomczak & Welling 2018), a mixture of the posteriors of "
@@ -331,8 +336,6 @@ def _prior_description(config: Any) -> str:
         )
     if prior == "mog":
         return f"a learned mixture of {config.num_pseudo_inputs} diagonal Gaussians"
-    if hasattr(config, "latent_dims"):
-        return f"top-down over {len(config.latent_dims)} stochastic layers ({config.latent_dims}, bottom first)"
     return "`N(0, I)`"
 
 

@@ -1,5 +1,5 @@
 """hf-vae's hierarchical VAE: stochastic layers z_1 (bottom) ... z_L (top) with top-down inference, as in the Ladder
-VAE (Sønderby et al. 2016) and NVAE (Vahdat & Kautz 2020), on MLP blocks.
+VAE (Sønderby et al. 2016) and NVAE (Vahdat & Kautz 2020), on MLP blocks or with convolutions facing the pixels.
 
 Generation runs top-down: z_L ~ N(0, I), z_l ~ p(z_l | z_{l+1}), x ~ p(x | z_1). Inference reads x once bottom-up
 (features d_1 ... d_L) and then follows the same top-down path: q(z_L | x) from d_L, and q(z_l | x, z_{l+1}) from d_l
@@ -21,10 +21,10 @@ from transformers.utils import ModelOutput
 from .configuration_hvae import HVAEConfig
 from .distributions import DiagonalGaussian, standard_normal
 from .estimators import iwae_bound
-from .layers import BlockSpec, MLPDecoder, mlp_layers
+from .layers import BlockSpec, ConvDecoder, ConvFeatures, MLPDecoder, mlp_layers
 from .likelihoods import build_likelihood
 from .modeling_utils import HfVaePreTrainedModel, in_eval_mode
-from .priors import StandardNormal
+from .priors import StandardNormal, VampPrior
 
 
 @dataclass
@@ -69,6 +69,22 @@ class _Path:
     priors: list[DiagonalGaussian | None]
 
 
+class _TopPosterior(nn.Module):
+    """The bottom-up path and the top layer's posterior head as one encoder, pixels -> (mean, logvar) of q(z_L | x),
+    for the VampPrior's pseudo-inputs. It holds the model's own modules: it is kept by the prior outside the model's
+    submodules, so the weights are neither saved twice nor trained apart."""
+
+    def __init__(self, bottom_up: nn.ModuleList, top_posterior: nn.Linear, flatten: bool):
+        super().__init__()
+        self.bottom_up, self.top_posterior, self.flatten = bottom_up, top_posterior, flatten
+
+    def forward(self, pixel_values: torch.Tensor, condition: None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = pixel_values.flatten(1) if self.flatten else pixel_values
+        for block in self.bottom_up:
+            hidden = block(hidden)
+        return self.top_posterior(hidden).chunk(2, dim=-1)
+
+
 class HVAEPreTrainedModel(HfVaePreTrainedModel):
     config_class = HVAEConfig
     config: HVAEConfig
@@ -77,6 +93,16 @@ class HVAEPreTrainedModel(HfVaePreTrainedModel):
 
 class HVAEModel(HVAEPreTrainedModel):
     """A hierarchical VAE with top-down inference.
+
+    With `architecture="conv"` only the two ends that touch pixels change: the bottom-up path starts with the shared
+    strided-convolution body (`layers.ConvFeatures`) whose flattened feature map feeds the bottom-up MLP, and z_1 is
+    decoded by the shared transposed-convolution `ConvDecoder`. The stochastic layers stay vectors, and the top-down
+    blocks MLPs, on purpose: the family contract hands latents around as (B, D) vectors (`decode`, the side-by-side
+    posterior whose means give per-layer active units, the per-layer noise of `decode_top_down` and the layers
+    picture), and all of it then works unchanged for either architecture. Spatial latents (NVAE's latent channels on a
+    grid) pay off with many groups at several resolutions, a model far beyond what this family trains on a CPU; at
+    32x32 with a 4x4 smallest map they would buy little over a vector while adding a second kind of latent. Convolutions
+    are where the images' spatial structure is learnt, and both ends have them.
 
     ```python
     >>> from hf_vae.configuration_hvae import HVAEConfig
@@ -91,7 +117,15 @@ class HVAEModel(HVAEPreTrainedModel):
         super().__init__(config)
         spec = BlockSpec(config.normalization, config.activation, 0.0)
         width, dims = config.hidden_sizes[-1], config.latent_dims
-        self.bottom_up = nn.ModuleList([nn.Sequential(*mlp_layers(config.num_pixels, config.hidden_sizes, spec))])
+        self.likelihood = build_likelihood(config.likelihood)
+        out_shape = (config.num_channels * self.likelihood.params_per_channel, config.image_size, config.image_size)
+        if config.architecture == "conv":
+            conv = (config.image_size, config.conv_channels, config.num_res_blocks)
+            body = ConvFeatures(config.num_channels, *conv, spec)
+            first = nn.Sequential(body, *mlp_layers(body.out_features, config.hidden_sizes, spec))
+        else:
+            first = nn.Sequential(*mlp_layers(config.num_pixels, config.hidden_sizes, spec))
+        self.bottom_up = nn.ModuleList([first])
         self.bottom_up.extend(nn.Sequential(*mlp_layers(width, [width], spec)) for _ in dims[1:])
         self.top_posterior = nn.Linear(width, 2 * dims[-1])
         # Top-down block l (l = 0 .. L-2): features of z_{l+2} -> the prior of z_{l+1} and, with d_{l+1}, its posterior.
@@ -102,10 +136,16 @@ class HVAEModel(HVAEPreTrainedModel):
             nn.Sequential(*mlp_layers(2 * width, [width], spec), nn.Linear(width, 2 * dims[level]))
             for level in levels
         )
-        self.likelihood = build_likelihood(config.likelihood)
-        out_shape = (config.num_channels * self.likelihood.params_per_channel, config.image_size, config.image_size)
-        self.decoder = MLPDecoder(dims[0], list(reversed(config.hidden_sizes)), out_shape, spec)
-        self.top_prior = StandardNormal(dims[-1])
+        if config.architecture == "conv":
+            self.decoder = ConvDecoder(dims[0], *conv, out_shape[0], spec)
+        else:
+            self.decoder = MLPDecoder(dims[0], list(reversed(config.hidden_sizes)), out_shape, spec)
+        if config.prior == "vamp":
+            top_encoder = _TopPosterior(self.bottom_up, self.top_posterior, flatten=config.architecture == "mlp")
+            image_shape = (config.num_channels, config.image_size, config.image_size)
+            self.top_prior = VampPrior(dims[-1], config.num_pseudo_inputs, image_shape, top_encoder)
+        else:
+            self.top_prior = StandardNormal(dims[-1])
         self.post_init()
 
     # ------------------------------------------------------------------ the top-down pass
@@ -113,7 +153,7 @@ class HVAEModel(HVAEPreTrainedModel):
         self, pixel_values: torch.Tensor, num_samples: int, generator: torch.Generator | None, sample: bool
     ) -> _Path:
         features = []
-        hidden = pixel_values.flatten(1)
+        hidden = pixel_values if self.config.architecture == "conv" else pixel_values.flatten(1)
         for block in self.bottom_up:
             hidden = block(hidden)
             features.append(hidden)
@@ -135,15 +175,16 @@ class HVAEModel(HVAEPreTrainedModel):
     def _log_px_z(self, latents: torch.Tensor, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         count, batch = latents.shape[:2]
         logits = self.decoder(latents.reshape(count * batch, -1), None)
-        targets = pixel_values.expand(count, *pixel_values.shape).reshape(count * batch, *pixel_values.shape[1:])
-        return -self.likelihood.nll(logits, targets).view(count, batch), logits
+        return -self.likelihood.nll(logits.view(count, batch, *logits.shape[1:]), pixel_values), logits
 
     def _layer_kls(self, path: _Path, count: int, batch: int) -> list[torch.Tensor]:
         """Per layer (bottom first), the closed-form KL of the posterior to its conditional prior, (K, B): exact for the
-        top layer, and exact given the drawn z_{l+1} below it."""
+        top layer (estimated at the drawn z_L for the VampPrior), and exact given the drawn z_{l+1} below it."""
         kls = []
         for posterior, prior in zip(path.posteriors, path.priors, strict=True):
-            if prior is None:
+            if prior is None and not self.top_prior.has_closed_form_kl:
+                kls.append(self.top_prior.kl(posterior, path.latents[-1]))
+            elif prior is None:
                 kls.append(posterior.kl().expand(count, batch))
             else:
                 kls.append(posterior.kl(prior).view(count, batch))
@@ -249,8 +290,8 @@ class HVAEModel(HVAEPreTrainedModel):
         labels: torch.Tensor | int | None = None,
         temperature: float = 1.0,
     ) -> torch.Tensor:
-        """Images decoded from the top-down prior: z_L ~ N(0, I), then each z_l ~ p(z_l | z_{l+1}); `temperature`
-        scales every layer's standard deviation."""
+        """Images decoded from the top-down prior: z_L ~ p(z_L) (N(0, I) or the VampPrior), then each
+        z_l ~ p(z_l | z_{l+1}); `temperature` scales every layer's standard deviation (and the top draws)."""
         like = next(self.parameters())
         top = self.top_prior.sample(num_samples, generator, like=like) * temperature
         noise = [

@@ -192,9 +192,14 @@ class HfVaePreTrainedModel(PreTrainedModel):
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, model_card: bool = True, **kwargs: Any):
         """transformers' `save_pretrained` (config.json, model.safetensors and, for `trust_remote_code`, the code
-        files), plus hf-vae's generated model card as README.md when hf-vae is installed and `model_card` is true
-        (the training loop turns it off for its intermediate saves and writes the card once, at the end)."""
+        files), plus, when hf-vae is installed, the model's image processor (preprocessor_config.json, so that
+        `AutoImageProcessor.from_pretrained` works on the folder) and hf-vae's generated model card as README.md when
+        `model_card` is true (the training loop turns it off for its intermediate saves and writes the card once, at
+        the end)."""
         result = super().save_pretrained(save_directory, *args, **kwargs)
+        processor_class = _hf_vae_function("hf_vae.image_processing_vae", "VAEImageProcessor")
+        if processor_class is not None and kwargs.get("is_main_process", True):
+            processor_class.from_model_config(self.config).save_pretrained(save_directory)
         write_model_card = _hf_vae_function("hf_vae.model_card", "write_model_card")
         if model_card and write_model_card is not None and kwargs.get("is_main_process", True):
             write_model_card(save_directory)

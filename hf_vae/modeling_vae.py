@@ -240,8 +240,7 @@ class VAEModel(VAEPreTrainedModel):
         count, batch = latents.shape[:2]
         flat_condition = None if condition is None else condition.repeat(count, 1)
         logits = self.decoder(latents.reshape(count * batch, -1), flat_condition)
-        targets = pixel_values.expand(count, *pixel_values.shape).reshape(count * batch, *pixel_values.shape[1:])
-        return -self.likelihood.nll(logits, targets).view(count, batch), logits
+        return -self.likelihood.nll(logits.view(count, batch, *logits.shape[1:]), pixel_values), logits
 
     def reconstruction_nll(self, logits: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
         """-log p(x|z) per image (nats, summed over pixels), shape (B,), from the decoder output `logits`."""

@@ -475,7 +475,7 @@ def _finish(
     tqdm.write(
         f"Saved the best model (epoch {state.best_epoch}) to {output_dir}: model.safetensors, config.json, README.md, "
         f"metrics.csv, train_results.json{', eval_results.json' if splits.test is not None else ''}{pictures}. "
-        f"Load it with VAEModel.from_pretrained({str(output_dir)!r})."
+        f"Load it with {type(best).__name__}.from_pretrained({str(output_dir)!r})."
     )
     return results
 

@@ -24,7 +24,7 @@ LR_SCHEDULERS = (
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
     "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay", "greedy",
 )  # fmt: skip
-PRESET_NAMES = ("mnist-2d", "mnist", "mnist-conv", "rgb32-conv", "mnist-hvae")
+PRESET_NAMES = ("mnist-2d", "mnist", "mnist-conv", "rgb32-conv", "mnist-hvae", "rgb32-hvae-conv")
 
 
 @dataclass

@@ -569,7 +569,7 @@ def plot_layers(model: HfVaePreTrainedModel, seed: int = 0, rows: int = 6, colum
     generator = torch.Generator().manual_seed(seed)
     like = next(model.parameters())
     dims = model.config.latent_dims
-    tops = torch.randn(max(rows, columns), dims[-1], generator=generator).to(like)
+    tops = model.top_prior.sample(max(rows, columns), generator, like=like)  # N(0, I) or a learned top prior
     noises = [torch.randn(max(rows, columns), dim, generator=generator).to(like) for dim in dims[:-1]]
 
     def grid(top_index, noise_index):

@@ -96,11 +96,13 @@ def main() -> None:
     rows = []
     peak = matmul_gflops()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32 matmul {peak:.1f} GFLOP/s")
+    names = args.presets or sorted(presets())
+    width = max(12, *map(len, names))
     print(
-        f"{'preset':<12} {'variant':<22} {'samples/s':>10} {'MFLOP/sample':>13} {'GFLOP/s':>8} {'of matmul':>10} "
+        f"{'preset':<{width}} {'variant':<22} {'samples/s':>10} {'MFLOP/sample':>13} {'GFLOP/s':>8} {'of matmul':>10} "
         f"{'first step s':>13}"
     )
-    for name in args.presets or sorted(presets()):
+    for name in names:
         steps = {variant: PresetStep(name, variant, args.batch_size) for variant in variants}
         flops = steps[variants[0]].flops_per_sample()
         best = dict.fromkeys(variants, 0.0)
@@ -122,7 +124,7 @@ def main() -> None:
             }
             rows.append(row)
             print(
-                f"{name:<12} {variant:<22} {row['samples_per_second']:>10.0f} {row['mflop_per_sample']:>13.2f} "
+                f"{name:<{width}} {variant:<22} {row['samples_per_second']:>10.0f} {row['mflop_per_sample']:>13.2f} "
                 f"{row['achieved_gflops']:>8.1f} {row['fraction_of_matmul']:>10.2f} {row['first_step_seconds']:>13.2f}",
                 flush=True,
             )

@@ -46,3 +46,20 @@ class TestGaussianMixturePriorConditional(FamilyTester):
     config = VAEConfig(image_size=28, latent_dim=2, hidden_sizes=[16], prior="mog", num_pseudo_inputs=3, num_classes=10)
     train_arguments = ["--preset", "mnist", *TINY_MLP, "--prior", "mog", "--num_pseudo_inputs", "3",
                        "--num_classes", "10"]  # fmt: skip
+
+
+class TestHierarchicalConvRGBIWAE(FamilyTester):
+    config = HVAEConfig(
+        architecture="conv", image_size=32, num_channels=3, latent_dims=[4, 3, 2], conv_channels=[4, 8],
+        num_res_blocks=1, hidden_sizes=[16], normalization="batch", likelihood="discretized_logistic",
+        num_importance_samples=3,
+    )  # fmt: skip
+    train_arguments = ["--preset", "rgb32-hvae-conv", "--image_size", "32", "--num_channels", "3", "--latent_dims",
+                       "4", "3", "2", "--conv_channels", "4", "8", "--hidden_sizes", "16",
+                       "--num_importance_samples", "3"]  # fmt: skip
+
+
+class TestHierarchicalVampPrior(FamilyTester):
+    config = HVAEConfig(latent_dims=[4, 2], hidden_sizes=[16], normalization="batch", prior="vamp", num_pseudo_inputs=4)
+    train_arguments = ["--preset", "mnist-hvae", "--latent_dims", "4", "2", "--hidden_sizes", "16", "--prior", "vamp",
+                       "--num_pseudo_inputs", "4"]  # fmt: skip

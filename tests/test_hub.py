@@ -206,6 +206,12 @@ def downloaded(published, hub_server, tmp_path_factory):
         model = AutoModel.from_pretrained(repo_id, trust_remote_code=True)
         save_file(model.state_dict(), "remote.safetensors")
         print("class module:", type(model).__module__)
+        from PIL import Image
+        from transformers import AutoImageProcessor
+
+        processor = AutoImageProcessor.from_pretrained(repo_id, trust_remote_code=True)
+        pixels = processor(Image.new("RGB", (40, 30), (255, 255, 255)), return_tensors="pt").pixel_values
+        print("processor:", type(processor).__module__, tuple(pixels.shape), float(pixels.min()))
 
         # The card's own snippets, as written: loading without hf-vae, then sampling / encoding / decoding.
         card = open(hf_hub_download(repo_id, "README.md"), encoding="utf-8").read()
@@ -297,6 +303,7 @@ def test_trust_remote_code_loads_without_hf_vae(published, downloaded):
     remote = downloaded.remote
     assert remote.returncode == 0, remote.stderr
     assert "class module: transformers_modules." in remote.stdout
+    assert "processor: transformers_modules." in remote.stdout and "(1, 1, 28, 28) 1.0" in remote.stdout
     assert "hf_vae modules: []" in remote.stdout
     assert "snippet images: (16, 1, 28, 28) (16, 1, 28, 28)" in remote.stdout
     assert_same_weights(downloaded.remote_root / "remote.safetensors", published.v2 / "model.safetensors")
@@ -349,8 +356,8 @@ def test_push_to_a_branch_a_pull_request_and_a_private_repo(hub_server, hub_toke
 
 def test_push_adds_the_remote_code_a_folder_lacks(hub_server, hub_token, hub_repo_id, tmp_path):
     folder = make_model_folder(tmp_path / "model", extras=False)
-    for name in ("configuration_vae.py", "modeling_vae.py"):
-        (folder / name).unlink()
+    for name in ("configuration_vae.py", "modeling_vae.py", "image_processing_vae.py", "preprocessor_config.json"):
+        (folder / name).unlink()  # as saved before image processors existed, without code
     config = json.loads((folder / "config.json").read_text())
     del config["auto_map"]
     (folder / "config.json").write_text(json.dumps(config))
@@ -358,7 +365,12 @@ def test_push_adds_the_remote_code_a_folder_lacks(hub_server, hub_token, hub_rep
     push_to_hub(folder, hub_repo_id, token=hub_token, endpoint=hub_server)
     assert folder_state(folder) == before
     api = HfApi(endpoint=hub_server, token=hub_token)
-    assert {"configuration_vae.py", "modeling_vae.py"} <= set(api.list_repo_files(hub_repo_id))
+    files = set(api.list_repo_files(hub_repo_id))
+    assert {"configuration_vae.py", "modeling_vae.py", "image_processing_vae.py", "preprocessor_config.json"} <= files
+    processor_file = hf_hub_download(hub_repo_id, "preprocessor_config.json", endpoint=hub_server, cache_dir=tmp_path)
+    processor = json.loads(Path(processor_file).read_text())
+    assert processor["auto_map"] == {"AutoImageProcessor": "image_processing_vae.VAEImageProcessor"}
+    assert (processor["image_size"], processor["num_channels"], processor["binarize"]) == (28, 1, "dynamic")
     pushed = json.loads(
         Path(hf_hub_download(hub_repo_id, "config.json", endpoint=hub_server, cache_dir=tmp_path)).read_text()
     )
@@ -434,10 +446,10 @@ def test_collect_files_leaves_out_local_only_files(tmp_path):
     (folder / "runs" / "events" / "log").write_text("tensorboard")
     files = {path.as_posix() for path in collect_files(folder)}
     code = {"configuration_vae.py", "modeling_vae.py", "modeling_utils.py", "layers.py", "distributions.py",
-            "priors.py", "likelihoods.py", "estimators.py"}  # fmt: skip
+            "priors.py", "likelihoods.py", "estimators.py", "image_processing_vae.py"}  # fmt: skip
     assert files == {
-        "config.json", "model.safetensors", "metrics.csv", "training_args.json", "train_results.json",
-        "eval_results.json", "evaluation.json", *PICTURES, "runs/events/log", *code,
+        "config.json", "preprocessor_config.json", "model.safetensors", "metrics.csv", "training_args.json",
+        "train_results.json", "eval_results.json", "evaluation.json", *PICTURES, "runs/events/log", *code,
     }  # fmt: skip
 
 

@@ -1,8 +1,10 @@
-"""The hierarchical VAE: its bounds are ordered, its IWAE estimate matches numerical quadrature on a two-layer toy,
-each layer reports its KL, and a brief real-MNIST run lowers the validation loss."""
+"""The hierarchical VAE: its bounds are ordered (MLP and conv), its IWAE estimate matches numerical quadrature on a
+two-layer toy, each layer reports its KL, a config.json written before the conv variant loads to the MLP variant, the
+conv variant handles RGB photographs, and brief real-MNIST runs (MLP and conv) lower the validation loss."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -10,6 +12,7 @@ import torch
 from test_training import read_metrics, train_here
 
 from hf_vae.configuration_hvae import HVAEConfig
+from hf_vae.distributions import DiagonalGaussian
 from hf_vae.estimators import chunked_log_weights, iwae_bound
 from hf_vae.modeling_hvae import HVAEModel
 
@@ -30,9 +33,14 @@ def toy_model() -> HVAEModel:
     return model
 
 
-def test_iwae_is_at_least_the_elbo_and_grows_with_k():
+CONV = {"architecture": "conv", "conv_channels": [4, 8]}
+VAMP = {"prior": "vamp", "num_pseudo_inputs": 7}
+
+
+@pytest.mark.parametrize("architecture", [{}, CONV, VAMP], ids=["mlp", "conv", "vamp"])
+def test_iwae_is_at_least_the_elbo_and_grows_with_k(architecture):
     torch.manual_seed(0)
-    model = HVAEModel(HVAEConfig(latent_dims=[6, 3], hidden_sizes=[16])).eval()
+    model = HVAEModel(HVAEConfig(latent_dims=[6, 3], hidden_sizes=[16], **architecture)).eval()
     pixels = (torch.rand(8, 1, 28, 28, generator=seeded(1)) < 0.3).float()
     log_weights = chunked_log_weights(model, pixels, 64, generator=seeded(2)).double()
     assert (iwae_bound(log_weights) >= log_weights.mean(0)).all()  # the same draws: Jensen
@@ -74,9 +82,10 @@ def test_each_layer_reports_its_kl():
     assert all(terms[f"kl_loss_{level}"] >= 0 for level in (1, 2, 3))
 
 
-def test_free_bits_floor_each_layer_in_training_only():
+@pytest.mark.parametrize("architecture", [{}, CONV], ids=["mlp", "conv"])
+def test_free_bits_floor_each_layer_in_training_only(architecture):
     torch.manual_seed(0)
-    model = HVAEModel(HVAEConfig(latent_dims=[4, 2], hidden_sizes=[16], free_bits=5.0))
+    model = HVAEModel(HVAEConfig(latent_dims=[4, 2], hidden_sizes=[16], free_bits=5.0, **architecture))
     pixels = (torch.rand(5, 1, 28, 28, generator=seeded(6)) < 0.3).float()
     trained = model.train()(pixels, generator=seeded(7))
     assert trained.loss >= trained.loss_terms["recon_loss"] + 5.0 * 6 - 1e-3  # 6 latent units, 5 nats each
@@ -128,3 +137,97 @@ def test_evaluation_counts_active_units_per_layer():
     figures.update(reference_style_loss_posterior_mean=torch.ones(50), posterior_means=means)
     summary = summarize_figures(figures, 784, latent_layers=[3, 2])
     assert summary["active_units"] == 3 and summary["active_units_per_layer"] == [3, 0]
+
+
+# config.json as `save_pretrained` wrote it before the conv variant existed (no architecture, conv_channels or
+# num_res_blocks), and the weight names of that model: pretrained models of that time must load unchanged.
+CONFIG_BEFORE_CONV = {
+    "activation": "silu", "architectures": ["HVAEModel"], "beta": 1.0, "binarize": "dynamic", "dtype": "float32",
+    "free_bits": 0.0, "hidden_sizes": [8], "image_size": 2, "latent_dims": [1, 1], "likelihood": "bernoulli",
+    "model_type": "hf_hvae", "normalization": "none", "num_channels": 1, "num_classes": None,
+    "num_importance_samples": 1, "transformers_version": "5.24.0",
+    "auto_map": {"AutoConfig": "configuration_hvae.HVAEConfig", "AutoModel": "modeling_hvae.HVAEModel"},
+}  # fmt: skip
+WEIGHTS_BEFORE_CONV = [
+    "bottom_up.0.0.weight", "bottom_up.0.0.bias", "bottom_up.1.0.weight", "bottom_up.1.0.bias", "top_posterior.weight",
+    "top_posterior.bias", "top_down.0.0.weight", "top_down.0.0.bias", "prior_heads.0.weight", "prior_heads.0.bias",
+    "posterior_heads.0.0.weight", "posterior_heads.0.0.bias", "posterior_heads.0.3.weight", "posterior_heads.0.3.bias",
+    "decoder.layers.0.weight", "decoder.layers.0.bias", "decoder.layers.3.weight", "decoder.layers.3.bias",
+]  # fmt: skip
+
+
+def test_a_config_written_before_the_conv_variant_loads_to_the_mlp_variant(tmp_path):
+    from safetensors.torch import save_file
+
+    from hf_vae.families import load_pretrained
+
+    torch.manual_seed(0)
+    state = {name: torch.randn(tensor.shape) for name, tensor in toy_model().state_dict().items()}
+    assert list(state) == WEIGHTS_BEFORE_CONV
+    save_file(state, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps(CONFIG_BEFORE_CONV))
+    loaded = load_pretrained(tmp_path)
+    assert (loaded.config.architecture, loaded.config.hidden_sizes) == ("mlp", [8])
+    assert list(loaded.state_dict()) == WEIGHTS_BEFORE_CONV
+    assert all(torch.equal(loaded.state_dict()[name], tensor) for name, tensor in state.items())
+
+
+def test_conv_variant_models_32x32_rgb_photographs():
+    from hf_vae.visualization import plot_layers
+
+    torch.manual_seed(0)
+    config = HVAEConfig.from_preset(
+        "rgb32-hvae-conv", latent_dims=[6, 4, 2], conv_channels=[4, 8, 8], hidden_sizes=[16]
+    )
+    model = HVAEModel(config).eval()
+    photos = torch.randint(0, 256, (3, 3, 32, 32), generator=seeded(11)).float() / 255
+    output = model(photos, generator=seeded(12))
+    assert tuple(output.logits.shape) == (3, 6, 32, 32)  # the discretised logistic's location and log-scale
+    assert output.latent_dist.mean.shape == (3, 12)
+    assert {"kl_loss_1", "kl_loss_2", "kl_loss_3"} <= set(output.loss_terms)
+    assert model.log_weights(photos, 5, seeded(13)).shape == (5, 3)
+    assert tuple(model.sample(4, generator=seeded(14)).shape) == (4, 3, 32, 32)
+    noise = [torch.randn(2, 6, generator=seeded(15)), torch.randn(2, 4, generator=seeded(16))]
+    images = model.decode_top_down(torch.randn(2, 2, generator=seeded(17)), noise)
+    assert tuple(images.shape) == (2, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
+    plot_layers(model, seed=1, rows=2, columns=2).canvas.draw()
+    with pytest.raises(ValueError, match="divisible by 2 \\*\\* len\\(conv_channels\\) = 8"):
+        HVAEConfig.from_preset("rgb32-hvae-conv", image_size=28)
+
+
+def test_a_brief_real_mnist_run_of_the_conv_variant_lowers_the_validation_loss(mnist_dir, tmp_path):
+    output_dir = tmp_path / "hvae-conv"
+    assert (
+        train_here(
+            "--dataset_name", str(mnist_dir), "--preset", "rgb32-hvae-conv", "--likelihood", "bernoulli",
+            "--binarize", "dynamic", "--conv_channels", "8", "16", "--num_res_blocks", "0", "--hidden_sizes", "64",
+            "--latent_dims", "16", "8", "--max_train_samples", "2000", "--max_eval_samples", "500",
+            "--num_train_epochs", "3", "--learning_rate", "2e-3", "--checkpointing_steps", "no", "--skip_figures",
+            "--disable_tqdm", "--output_dir", str(output_dir),
+        )  # fmt: skip
+        == 0
+    )
+    rows = read_metrics(output_dir)
+    val = [float(row["val_loss"]) for row in rows]
+    assert len(val) == 3 and val[-1] < val[0] - 10, val
+    assert {"val_kl_loss_1", "val_kl_loss_2"} <= set(rows[0])
+
+
+def test_the_vamp_prior_is_the_mixture_of_the_top_posteriors_of_the_pseudo_inputs():
+    torch.manual_seed(0)
+    config = HVAEConfig(latent_dims=[4, 3], hidden_sizes=[16], normalization="batch", prior="vamp", num_pseudo_inputs=5)
+    model = HVAEModel(config).train()
+    with torch.no_grad():
+        model.top_prior.pseudo_inputs.uniform_(0, 1, generator=seeded(18))
+        model(torch.rand(7, 1, 28, 28, generator=seeded(19)))  # moves the BatchNorm running statistics
+        top = model.eval().encode(model.top_prior.pseudo_inputs).layer_dists[-1]
+        model.train()  # the prior encodes its pseudo-inputs with the running statistics in training too
+        latents = torch.randn(6, 3, generator=seeded(20))
+        components = torch.stack([DiagonalGaussian(top.mean[k], top.logvar[k]).log_prob(latents) for k in range(5)])
+        torch.testing.assert_close(model.top_prior.log_prob(latents), components.logsumexp(0) - math.log(5))
+    assert all(module.training for module in model.modules())  # pseudo-inputs encoded in eval mode, then put back
+    trained = model(torch.rand(4, 1, 28, 28, generator=seeded(21)), generator=seeded(22))
+    trained.loss.backward()
+    assert model.top_prior.pseudo_inputs.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="free_bits"):
+        HVAEConfig(latent_dims=[4, 3], prior="vamp", free_bits=0.5)

@@ -13,9 +13,9 @@ import pytest
 import torch
 import yaml
 
-from hf_vae import VAEModel
 from hf_vae.data import ImageTensors, evaluation_images, to_pixel_values
 from hf_vae.evaluation import load_split
+from hf_vae.families import load_pretrained, model_class
 from hf_vae.hub import collect_files
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +38,10 @@ def model_dir(request) -> Path:
     return request.param
 
 
+def saved_config(model_dir: Path) -> dict:
+    return json.loads((model_dir / "config.json").read_text())
+
+
 def test_every_recipe_has_a_reference_model():
     recipes = {path.stem for path in (REPO_ROOT / "configs").glob("*.json")}
     assert recipes and recipes == {path.name for path in MODEL_DIRS}
@@ -48,12 +52,16 @@ def test_folder_holds_weights_config_card_and_results_and_no_code(model_dir):
     the package's own modules), so the package is the only copy anyone edits."""
     files = {path.name for path in model_dir.iterdir()}
     expected = {
-        "config.json", "model.safetensors", "README.md", "evaluation.json", "eval_results.json", "train_results.json",
+        "config.json", "preprocessor_config.json", "model.safetensors", "README.md", "evaluation.json",
+        "eval_results.json", "train_results.json",
         "training_args.json", "metrics.csv", "build.json", "samples.png", "reconstructions.png", "latent_space.png",
         "interpolation.png", "training_curves.png",
     }  # fmt: skip
-    if json.loads((model_dir / "config.json").read_text())["latent_dim"] == 2:
+    config = saved_config(model_dir)
+    if config.get("latent_dim") == 2:
         expected.add("latent_manifold.png")
+    if config["model_type"] == "hf_hvae":
+        expected.add("layers.png")
     assert files == expected
     assert {path.as_posix() for path in collect_files(model_dir)} == expected - {"README.md"}
 
@@ -70,7 +78,8 @@ def test_committed_card_states_the_committed_results(model_dir):
     assert metrics["iwae_nll"] == pytest.approx(evaluation["iwae_nll"], abs=1e-4)
     assert metrics["negative_elbo"] == pytest.approx(evaluation["negative_elbo"], abs=1e-4)
     assert f"{evaluation['num_parameters']:,} parameters" in text
-    assert "trust_remote_code=True" in text and "`modeling_vae.py`" in text
+    modeling_module = model_class(saved_config(model_dir)["model_type"]).__module__.rsplit(".", 1)[1]
+    assert "trust_remote_code=True" in text and f"`{modeling_module}.py`" in text
     for picture in ("samples.png", "reconstructions.png", "training_curves.png"):
         assert f"({picture})" in text
 
@@ -91,7 +100,7 @@ def test_model_was_trained_by_its_recipe(model_dir):
 
 
 def test_loads_with_from_pretrained_and_generates(model_dir):
-    model = VAEModel.from_pretrained(model_dir)
+    model = load_pretrained(model_dir)
     evaluation = json.loads((model_dir / "evaluation.json").read_text())
     assert model.num_parameters() == evaluation["num_parameters"]
     images = model.sample(4, generator=torch.Generator().manual_seed(0))
@@ -101,7 +110,7 @@ def test_loads_with_from_pretrained_and_generates(model_dir):
 def test_weights_reproduce_the_committed_negative_elbo(model_dir, mnist_dir):
     """A fresh 10-sample negative ELBO of the whole test split agrees with `evaluation.json` to Monte Carlo noise
     (same images, other posterior draws: well under 0.2 nats), so the committed figures belong to these weights."""
-    model = VAEModel.from_pretrained(model_dir).eval()
+    model = load_pretrained(model_dir).eval()
     evaluation = json.loads((model_dir / "evaluation.json").read_text())
     data = load_split(str(mnist_dir), model.config, "test")
     pixels = evaluation_pixel_values(data.images, model.config.binarize, evaluation["seed"])

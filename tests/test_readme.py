@@ -5,8 +5,9 @@ longer works fails here, so the README cannot drift from the code.
 
 Left out, with the reason: the install and test commands (CI runs them), `accelerate config` / `hf auth login`
 (interactive), multi-GPU launches (no GPU; the 2-process CPU launch is tested in test_training.py), placeholders
-(`...`, `path/to/`), the tutorial's Hub repo (not on the local server), and the pretrained model's 5000-sample
-evaluation (its 1000-sample siblings run).
+(`...`, `path/to/`), the tutorial's Hub repo (not on the local server), the pretrained model's 5000-sample
+evaluation (its 1000-sample siblings run), and `hf-vae demo` (it serves until stopped: tests/test_demo_browser.py
+runs it).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SKIP = ("pip install", "pytest", "accelerate", "hf auth", "...", "path/to/", "karthik-2905", "--iwae_samples 5000")
+SKIP = ("pip install", "pytest", "accelerate", "hf auth", "...", "path/to/", "karthik-2905", "--iwae_samples 5000",
+        "hf-vae demo")
 # Appended to each command: the last value of an option wins.
 SMALL = {
     "train": ["--max_train_samples", "600", "--max_eval_samples", "200", "--num_train_epochs", "1",

@@ -98,11 +98,11 @@ def assert_same_state(expected: torch.nn.Module, actual: torch.nn.Module) -> Non
 # ---------------------------------------------------------------------------------------------- files
 def test_save_pretrained_writes_config_safetensors_and_code(saved):
     names = {path.name for path in saved.iterdir()}
-    # The weights, the config, the generated card, and the model's code with every sibling module it imports
-    # (what `trust_remote_code` needs).
+    # The weights, the config, the image processor, the generated card, and the model's and processor's code with
+    # every sibling module it imports (what `trust_remote_code` needs).
     code = {"configuration_vae.py", "modeling_vae.py", "modeling_utils.py", "layers.py", "distributions.py"}
-    code |= {"priors.py", "likelihoods.py", "estimators.py"}
-    assert names == {"config.json", "model.safetensors", "README.md", *code}
+    code |= {"priors.py", "likelihoods.py", "estimators.py", "image_processing_vae.py"}
+    assert names == {"config.json", "preprocessor_config.json", "model.safetensors", "README.md", *code}
     assert not [name for name in names if name.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
 
     config = json.loads((saved / "config.json").read_text())

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "visualize": ("hf_vae.cli.visualize", "samples, reconstructions, latent maps, interpolations, curves"),
     "push": ("hf_vae.cli.push", "upload a trained model folder, with its model card, to the Hub"),
     "convert": ("hf_vae.cli.convert", "convert a tutorial `best_vae_model.pth` checkpoint to an hf-vae model"),
+    "demo": ("hf_vae.cli.demo", "serve a model's interactive Gradio demo (generate, explore, score, interpolate)"),
 }
 DEBUG_ENV = "HF_VAE_DEBUG"
 
@@ -86,6 +87,7 @@ def _documented_errors() -> tuple[type[BaseException], ...]:
         ("hf_vae.training_metrics", "TrainingDivergedError"),
         ("hf_vae.hub", "HubPushError"),
         ("hf_vae.convert", "ConversionError"),
+        ("hf_vae.demo", "DemoInputError"),
     ):
         loaded = sys.modules.get(module)
         if loaded is not None:

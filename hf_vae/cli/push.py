@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .arguments import build_parser, parse
+from .arguments import UsageError, build_parser, parse
 from .common import configure_logging, model_argument
 
 
@@ -24,6 +24,13 @@ class PushArguments:
     )
     commit_message: str | None = field(default=None, metadata={"help": "The commit message."})
     create_pr: bool = field(default=False, metadata={"help": "Open a pull request instead of committing directly."})
+    with_demo: bool = field(
+        default=False,
+        metadata={"help": "Also create a Gradio Space serving the model's demo (app.py, `sdk: gradio` README)."},
+    )
+    space_id: str | None = field(
+        default=None, metadata={"help": "The demo Space, with --with_demo (default: <repo_id>-demo)."}
+    )
     token: str | None = field(
         default=None,
         metadata={
@@ -43,10 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model_path", nargs="?", metavar="MODEL", help="the model folder (or pass --model)")
     (args,), namespace = parse(parser, argv)
     model = model_argument(args.model, namespace.model_path, parser.prog)
+    if args.space_id is not None and not args.with_demo:
+        raise UsageError("--space_id names the demo Space: pass --with_demo too.")
 
     configure_logging()
     from .. import register_families
-    from ..hub import push_to_hub
+    from ..hub import push_space, push_to_hub
     from ..model_card import CARD_NAME
 
     register_families()
@@ -67,4 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Pull request: {commit.pr_url}")
     pin = f', revision="{args.revision}"' if args.revision and not args.create_pr else ""
     print(f'Load it with: VAEModel.from_pretrained("{repo_id}"{pin})')
+    if args.with_demo:
+        space = push_space(repo_id, args.space_id, private=args.private, token=args.token)
+        print(f"Demo Space: {space.repo_url} (commit {space.oid[:8]})")
     return 0

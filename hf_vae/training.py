@@ -77,6 +77,8 @@ from .training_setup import (
     check_model_options,
     check_output_dir,
     check_world_size,
+    compiled_for_training,
+    in_training_layout,
     load_data,
     tracker_config,
     with_image_shape_of,
@@ -129,7 +131,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     check_model_options(model_args)
     splits = load_data(data_args, model_args, args.seed, accelerator)
     model_args = with_image_shape_of(model_args, splits.train)
-    model = build_model(model_args)
+    model = in_training_layout(build_model(model_args), accelerator.device)
     config = model.config
     check_data(splits, config)
     train_data = splits.train
@@ -172,6 +174,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     # 4. Prepare for the launch (DDP wrapping, device placement, sharded loaders).
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     unwrapped = accelerator.unwrap_model(model)
+    # The training step may run compiled; validation, checkpoints and the saved model use the module itself, so
+    # saved weight names carry no `_orig_mod.` prefix.
+    step_model = compiled_for_training(model, args)
     batches_per_epoch = len(train_loader)
     steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
     max_steps = args.max_steps if args.max_steps > 0 else args.num_train_epochs * steps_per_epoch
@@ -248,6 +253,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     first_step = state.global_step
     images_trained = 0
     validation_images = 0
+    first_step_seconds = None
     stop_reason = "max_steps" if args.max_steps > 0 else "num_train_epochs"
     checkpoint_every = args.checkpoint_every_steps
     for epoch in range(state.epoch, num_epochs if state.global_step < max_steps else 0):
@@ -273,7 +279,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
             # Forward, backward, and (once the gradients of `gradient_accumulation_steps` batches are summed) the
             # clipped optimiser step and the per-step schedule.
             with accelerator.accumulate(model) if accumulate else contextlib.nullcontext():
-                outputs = model(pixel_values, labels=labels, kl_weight=state.kl_weight)
+                outputs = step_model(pixel_values, labels=labels, kl_weight=state.kl_weight)
                 accelerator.backward(outputs.loss)
                 synced = accelerator.sync_gradients
                 if synced and args.max_grad_norm is not None:
@@ -290,6 +296,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
             if not synced:
                 continue
             state.global_step += 1
+            if first_step_seconds is None:  # with --torch_compile, mostly compiling (or loading it from the cache)
+                first_step_seconds = time.perf_counter() - train_started
             state.kl_weight = kl_weight_at(state.global_step, args.kl_warmup_steps)
             progress.update(1)
             last_batch = state.step_in_epoch == batches_per_epoch
@@ -389,6 +397,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
             "training_steps_seconds": round(training_seconds, 3),
             "train_samples_per_second": round(images_total / training_seconds, 1),
             "train_steps_per_second": round((state.global_step - first_step) / training_seconds, 2),
+            "torch_compile": args.torch_compile,
+            "first_step_seconds": None if first_step_seconds is None else round(first_step_seconds, 3),
             "validation_images": validation_images,
             "validation_images_expected": len(validation),
             "weights_identical_across_processes": weights_identical,

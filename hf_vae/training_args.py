@@ -178,6 +178,20 @@ class TrainingArguments:
         default=None, metadata={"help": "Mixed precision; default: accelerate's config / launcher setting."}
     )
     use_cpu: bool = field(default=False, metadata={"help": "Train on CPU even when a GPU is available."})
+    torch_compile: bool = field(
+        default=False,
+        metadata={
+            "help": "Compile the training step's forward and backward with `torch.compile` (validation, saving and "
+            "evaluation use the uncompiled model). The first step pays for compiling; inductor caches the result on "
+            "disk (TORCHINDUCTOR_CACHE_DIR, default /tmp/torchinductor_$USER), so later runs of the same model load it."
+        },
+    )
+    torch_compile_backend: str | None = field(
+        default=None, metadata={"help": "The `torch.compile` backend (default inductor); implies --torch_compile."}
+    )
+    torch_compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = (
+        field(default=None, metadata={"help": "The `torch.compile` mode; implies --torch_compile."})
+    )
     seed: int = field(default=42, metadata={"help": "Seed of weights, shuffling, dropout, binarisation and split."})
     logging_steps: int = field(
         default=50, metadata={"help": "Read the running losses (and check them for NaN) every N steps."}
@@ -244,6 +258,8 @@ class TrainingArguments:
             "--warmup_steps needs a per-step schedule (e.g. --lr_scheduler_type constant_with_warmup or cosine); "
             "'reduce_lr_on_plateau' has no warm-up.",
         )
+        if self.torch_compile_backend is not None or self.torch_compile_mode is not None:
+            self.torch_compile = True  # as transformers' TrainingArguments
         if self.checkpointing_steps is not None and self.checkpointing_steps.lower() in ("no", "none", ""):
             self.checkpointing_steps = None
         _require(

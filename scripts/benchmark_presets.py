@@ -1,12 +1,20 @@
 """How close each preset's training step runs to this CPU's arithmetic limit, measured in one run.
 
     python scripts/benchmark_presets.py --steps 30
+    python scripts/benchmark_presets.py --presets mnist-conv --variants eager channels_last compile --rounds 3
 
 For every preset (one family after another, through `hf_vae.families`), on random binary 28x28 (or 32x32 RGB)
 batches of 128: the training step's samples per second (forward, backward and the fused AdamW step, after warm-up
 steps), its FLOPs per sample counted by `torch.utils.flop_counter.FlopCounterMode` over one forward + backward, the
 achieved GFLOP/s, and their ratio to the fp32 matmul rate measured in the same run (1024x1024 `torch.mm`, best of
-several). On a machine shared with other work, run it twice and keep the faster figures.
+several, measured again after every round and the best kept, so that a moment of load does not inflate the ratios).
+
+Variants of the step (`--variants`): `eager` (the model as built), `channels_last` (weights and activations in
+NHWC, as `hf-vae train` runs convolutional models on a CPU), `compile` (`torch.compile` of the model, as
+`--torch_compile`) and `compile_channels_last`. For compiled variants the first step's time, mostly compiling (or
+loading the compiled code from inductor's on-disk cache: run twice to see both), is printed apart from the
+steady-state speed. With `--rounds N` the variants are timed in turn N times and each keeps its best round, so that a
+machine shared with other work slows them alike.
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hf_vae.families import config_from_preset, model_class, presets
+
+VARIANTS = ("eager", "channels_last", "compile", "compile_channels_last")
 
 
 def matmul_gflops(size: int = 1024, repeats: int = 20) -> float:
@@ -33,63 +43,96 @@ def matmul_gflops(size: int = 1024, repeats: int = 20) -> float:
     return 2 * size**3 / best / 1e9
 
 
-def benchmark_preset(name: str, steps: int, batch_size: int) -> dict:
-    torch.manual_seed(0)
-    config = config_from_preset(name)
-    model = model_class(config.model_type)(config).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
-    shape = (batch_size, config.num_channels, config.image_size, config.image_size)
-    pixels = (torch.rand(shape, generator=torch.Generator().manual_seed(1)) < 0.3).float()
+class PresetStep:
+    """One preset's model, optimiser and batch, set up as `variant` says; `time(steps)` gives samples/s."""
 
-    def step() -> None:
-        model(pixels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def __init__(self, name: str, variant: str, batch_size: int):
+        torch.manual_seed(0)
+        self.config = config_from_preset(name)
+        model = model_class(self.config.model_type)(self.config).train()
+        shape = (batch_size, self.config.num_channels, self.config.image_size, self.config.image_size)
+        self.pixels = (torch.rand(shape, generator=torch.Generator().manual_seed(1)) < 0.3).float()
+        if "channels_last" in variant:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+        self.forward = torch.compile(model, dynamic=False) if variant.startswith("compile") else model
+        self.batch_size = batch_size
+        started = time.perf_counter()
+        self.step()
+        self.first_step_seconds = time.perf_counter() - started
+        for _ in range(2):
+            self.step()
 
-    with FlopCounterMode(display=False) as counter:
-        model(pixels).loss.backward()
-    optimizer.zero_grad(set_to_none=True)
-    flops_per_sample = counter.get_total_flops() / batch_size
-    for _ in range(3):
-        step()
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    seconds = time.perf_counter() - started
-    samples_per_second = steps * batch_size / seconds
-    return {
-        "preset": name,
-        "model_type": config.model_type,
-        "samples_per_second": round(samples_per_second, 1),
-        "mflop_per_sample": round(flops_per_sample / 1e6, 2),
-        "achieved_gflops": round(samples_per_second * flops_per_sample / 1e9, 1),
-    }
+    def step(self) -> None:
+        self.forward(self.pixels).loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def flops_per_sample(self) -> float:
+        with FlopCounterMode(display=False) as counter:
+            self.model(self.pixels).loss.backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        return counter.get_total_flops() / self.batch_size
+
+    def samples_per_second(self, steps: int) -> float:
+        started = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        return steps * self.batch_size / (time.perf_counter() - started)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30, help="Timed training steps per preset.")
+    parser.add_argument("--steps", type=int, default=30, help="Timed training steps per preset, variant and round.")
+    parser.add_argument("--rounds", type=int, default=1, help="Times each variant is timed; the best is kept.")
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--presets", nargs="*", default=None, help="Default: every preset of every family.")
+    parser.add_argument("--variants", nargs="*", default=["eager"], choices=VARIANTS)
+    parser.add_argument("--torch_compile", action="store_true", help="Add the compile variants.")
     parser.add_argument("--output", default=None, help="Write the figures as JSON here.")
     args = parser.parse_args()
+    variants = list(dict.fromkeys(args.variants + (["compile", "compile_channels_last"] if args.torch_compile else [])))
     rows = []
     peak = matmul_gflops()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32 matmul {peak:.1f} GFLOP/s")
     names = args.presets or sorted(presets())
     width = max(12, *map(len, names))
-    print(f"{'preset':<{width}} {'samples/s':>10} {'MFLOP/sample':>13} {'GFLOP/s':>8} {'of matmul':>10}")
+    print(
+        f"{'preset':<{width}} {'variant':<22} {'samples/s':>10} {'MFLOP/sample':>13} {'GFLOP/s':>8} {'of matmul':>10} "
+        f"{'first step s':>13}"
+    )
     for name in names:
-        row = benchmark_preset(name, args.steps, args.batch_size)
-        row["fraction_of_matmul"] = round(row["achieved_gflops"] / peak, 3)
-        rows.append(row)
-        print(
-            f"{name:<{width}} {row['samples_per_second']:>10.0f} {row['mflop_per_sample']:>13.2f} "
-            f"{row['achieved_gflops']:>8.1f} {row['fraction_of_matmul']:>10.2f}",
-            flush=True,
-        )
+        steps = {variant: PresetStep(name, variant, args.batch_size) for variant in variants}
+        flops = steps[variants[0]].flops_per_sample()
+        best = dict.fromkeys(variants, 0.0)
+        for _ in range(args.rounds):
+            for variant in variants:
+                best[variant] = max(best[variant], steps[variant].samples_per_second(args.steps))
+            peak = max(peak, matmul_gflops())  # between rounds too: a dip in the machine's speed must not flatter us
+        for variant in variants:
+            achieved = best[variant] * flops / 1e9
+            row = {
+                "preset": name,
+                "variant": variant,
+                "model_type": steps[variant].config.model_type,
+                "samples_per_second": round(best[variant], 1),
+                "mflop_per_sample": round(flops / 1e6, 2),
+                "achieved_gflops": round(achieved, 1),
+                "fraction_of_matmul": round(achieved / peak, 3),
+                "first_step_seconds": round(steps[variant].first_step_seconds, 2),
+            }
+            rows.append(row)
+            print(
+                f"{name:<{width}} {variant:<22} {row['samples_per_second']:>10.0f} {row['mflop_per_sample']:>13.2f} "
+                f"{row['achieved_gflops']:>8.1f} {row['fraction_of_matmul']:>10.2f} {row['first_step_seconds']:>13.2f}",
+                flush=True,
+            )
     peak_after = matmul_gflops()
-    print(f"fp32 matmul again at the end: {peak_after:.1f} GFLOP/s (the ratios use the first figure)")
+    print(
+        f"fp32 matmul at the end: {peak_after:.1f} GFLOP/s; the ratios use the best rate measured up to their row, "
+        f"finally {peak:.1f} GFLOP/s"
+    )
     if args.output:
         with open(args.output, "w") as handle:
             json.dump({"matmul_gflops": [peak, peak_after], "presets": rows}, handle, indent=2)

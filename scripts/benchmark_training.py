@@ -8,16 +8,29 @@ split that `hf-vae train` holds out) and report the validation loss (eval mode, 
 that speed is compared at equal accuracy per epoch.
 
     python scripts/benchmark_training.py --epochs 2 --rounds 2
+    python scripts/benchmark_training.py --epochs 2 --rounds 2 --compare_on_disk   # + ours reading batches from file
+    python scripts/benchmark_training.py --whole_process --epochs 10               # whole processes, wall clock
 
-Samples/second count the training steps only (not validation). The rounds alternate reference and ours, so that a
+Samples/second count the training steps only (not validation); with `--torch_compile` they include the first
+step's compiling, which is printed apart. The rounds alternate reference and ours, so that a
 machine shared with other work slows both alike; the figure reported is each loop's best round.
+
+`--compare_on_disk` adds a run of ours whose training split stays in its decoded-image cache file and is read batch by
+batch (`HF_VAE_IN_MEMORY_MAX_BYTES=0`, as for a split larger than memory) and prints its speed relative to the
+in-memory run. `--whole_process` times two whole processes instead, start-up and data loading included: the reference
+loop (`--reference_process`: import, load MNIST, train and validate every epoch) against `hf-vae train --preset
+mnist-2d --num_train_epochs N` with its defaults (test evaluation, pictures and model card at the end included).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from hf_vae.convert import TutorialVAE
-from hf_vae.data import load_splits
+from hf_vae.data import IN_MEMORY_ENV, load_splits
 from hf_vae.training import train
 from hf_vae.training_args import DataArguments, ModelArguments, TrainingArguments
 
@@ -103,8 +116,23 @@ def run_reference(train_set: Dataset, val_set: Dataset, epochs: int, seed: int) 
 
 
 # ---------------------------------------------------------------------------------------------- ours
-def run_ours(dataset_name: str, epochs: int, seed: int, extra: dict) -> dict:
-    with tempfile.TemporaryDirectory(prefix="hf-vae-bench-") as output_dir:
+@contextlib.contextmanager
+def environment(**values: str):
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def run_ours(dataset_name: str, epochs: int, seed: int, extra: dict, on_disk: bool = False) -> dict:
+    reading = environment(**{IN_MEMORY_ENV: "0"}) if on_disk else contextlib.nullcontext()
+    with reading, tempfile.TemporaryDirectory(prefix="hf-vae-bench-") as output_dir:
         training_args = TrainingArguments(
             output_dir=output_dir,
             num_train_epochs=epochs,
@@ -124,11 +152,65 @@ def run_ours(dataset_name: str, epochs: int, seed: int, extra: dict) -> dict:
     return {
         "samples_per_second": results["train_samples_per_second"],
         "train_seconds": results["training_steps_seconds"],
+        "first_step_seconds": results["first_step_seconds"],
         "epochs": [
             {"epoch_seconds": row["epoch_time"], "train_loss": row["train_loss"], "val_loss": row["val_loss"]}
             for row in rows
         ],
     }
+
+
+# ---------------------------------------------------------------------------------------------- whole processes
+def reference_process(dataset_name: str, epochs: int, seed: int) -> None:
+    """The reference tutorial as one process: load MNIST, then train and validate every epoch, printing each."""
+    splits = load_splits(dataset_name, validation_split=0.1, seed=seed)
+    to_tensor = transforms.ToTensor()
+    run = ReferenceRun(
+        TorchvisionStyleMNIST(splits.train.images, splits.train.labels, to_tensor),
+        TorchvisionStyleMNIST(splits.validation.images, splits.validation.labels, to_tensor),
+        seed,
+    )
+    for epoch in range(epochs):
+        row = run.epoch()
+        print(f"Epoch {epoch + 1} | train {row['train_loss']:.4f} | val {row['val_loss']:.4f}", flush=True)
+
+
+def time_process(command: list[str]) -> float:
+    started = time.perf_counter()
+    completed = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if completed.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{completed.stderr[-2000:]}")
+    return seconds
+
+
+def whole_processes(args: argparse.Namespace) -> dict:
+    reference = [
+        sys.executable, __file__, "--reference_process", "--epochs", str(args.epochs), "--seed", str(args.seed),
+        "--dataset_name", args.dataset_name,
+    ]  # fmt: skip
+    times: dict[str, list[float]] = {"reference": [], "hf_vae": []}
+    for round_index in range(args.rounds):
+        times["reference"].append(time_process(reference))
+        with tempfile.TemporaryDirectory(prefix="hf-vae-bench-") as output_dir:
+            ours = [
+                sys.executable, "-m", "hf_vae.cli", "train", "--preset", "mnist-2d", "--dataset_name",
+                args.dataset_name, "--num_train_epochs", str(args.epochs), "--seed", str(args.seed), "--output_dir",
+                output_dir, "--disable_tqdm",
+            ]  # fmt: skip
+            times["hf_vae"].append(time_process(ours))
+        print(
+            f"round {round_index + 1}: reference process {times['reference'][-1]:.1f} s, hf-vae train "
+            f"{times['hf_vae'][-1]:.1f} s",
+            flush=True,
+        )
+    best = {name: min(values) for name, values in times.items()}
+    ratio = best["reference"] / best["hf_vae"]
+    print(
+        f"{args.epochs} epochs as whole processes (start-up and data loading included): reference "
+        f"{best['reference']:.1f} s, hf-vae train {best['hf_vae']:.1f} s (best of {args.rounds}); speed-up {ratio:.2f}x"
+    )
+    return {"seconds": times, "best": best, "ratio": ratio}
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -141,16 +223,30 @@ def main() -> None:
     parser.add_argument("--num_threads", type=int, default=None, help="torch.set_num_threads for both loops.")
     parser.add_argument("--skip_reference", action="store_true", help="Time our loop only.")
     parser.add_argument("--mixed_precision", default=None, help="Also pass this to our loop (e.g. bf16).")
+    parser.add_argument("--torch_compile", action="store_true", help="Also pass --torch_compile to our loop.")
+    parser.add_argument("--compare_on_disk", action="store_true", help="Also run ours reading batches from file.")
+    parser.add_argument("--whole_process", action="store_true", help="Time whole processes instead (wall clock).")
+    parser.add_argument("--reference_process", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--output", default=None, help="Write the figures as JSON here.")
     args = parser.parse_args()
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
+    if args.reference_process:
+        reference_process(args.dataset_name, args.epochs, args.seed)
+        return
+    if args.whole_process:
+        figures = whole_processes(args)
+        if args.output:
+            Path(args.output).write_text(json.dumps(figures, indent=2))
+        return
 
     splits = load_splits(args.dataset_name, validation_split=0.1, seed=args.seed)
     to_tensor = transforms.ToTensor()
     train_set = TorchvisionStyleMNIST(splits.train.images, splits.train.labels, to_tensor)
     val_set = TorchvisionStyleMNIST(splits.validation.images, splits.validation.labels, to_tensor)
     extra = {"mixed_precision": args.mixed_precision} if args.mixed_precision else {}
+    if args.torch_compile:
+        extra["torch_compile"] = True
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(train_set)} training images, "
         f"{len(val_set)} validation images; {args.epochs} epoch(s) x {args.rounds} round(s)",
@@ -158,12 +254,22 @@ def main() -> None:
     )
 
     results: dict[str, list[dict]] = {"reference": [], "hf_vae": []}
+    if args.compare_on_disk:
+        results["hf_vae_on_disk"] = []
     for round_index in range(args.rounds):
         if not args.skip_reference:
             results["reference"].append(run_reference(train_set, val_set, args.epochs, args.seed))
             print(f"round {round_index + 1} reference: {results['reference'][-1]['samples_per_second']:.0f} samples/s")
         results["hf_vae"].append(run_ours(args.dataset_name, args.epochs, args.seed, extra))
-        print(f"round {round_index + 1} hf-vae:    {results['hf_vae'][-1]['samples_per_second']:.0f} samples/s")
+        ours = results["hf_vae"][-1]
+        print(
+            f"round {round_index + 1} hf-vae:    {ours['samples_per_second']:.0f} samples/s (first step "
+            f"{ours['first_step_seconds']:.2f} s{', compiling included' if args.torch_compile else ''})"
+        )
+        if args.compare_on_disk:
+            results["hf_vae_on_disk"].append(run_ours(args.dataset_name, args.epochs, args.seed, extra, on_disk=True))
+            speed = results["hf_vae_on_disk"][-1]["samples_per_second"]
+            print(f"round {round_index + 1} hf-vae, batches read from the cache file: {speed:.0f} samples/s")
 
     print("\nvalidation loss after each epoch (nats per image, eval mode, z sampled):")
     for name, runs in results.items():
@@ -182,6 +288,10 @@ def main() -> None:
         median_ratio = summary["hf_vae"]["median"] / summary["reference"]["median"]
         summary["ratio_best"], summary["ratio_median"] = ratio, median_ratio
         print(f"speed-up (hf-vae / reference): {ratio:.2f}x best, {median_ratio:.2f}x median")
+    if "hf_vae_on_disk" in summary:
+        on_disk = summary["hf_vae_on_disk"]["best"] / summary["hf_vae"]["best"]
+        summary["on_disk_over_in_memory_best"] = on_disk
+        print(f"batches read from the cache file / in memory: {on_disk:.3f} (best rounds)")
     if args.output:
         Path(args.output).write_text(json.dumps({"summary": summary, "runs": results}, indent=2, default=float))
 

@@ -54,6 +54,7 @@ from .data import (
 )
 from .evaluation import per_image_figures
 from .families import load_pretrained
+from .interrupts import interrupts_at_step_boundaries
 from .optimization import METRIC_SCHEDULERS, create_optimizer, create_scheduler, kl_weight_at
 from .training_args import (
     DataArguments,
@@ -256,123 +257,127 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     first_step_seconds = None
     stop_reason = "max_steps" if args.max_steps > 0 else "num_train_epochs"
     checkpoint_every = args.checkpoint_every_steps
-    for epoch in range(state.epoch, num_epochs if state.global_step < max_steps else 0):
-        state.epoch = epoch
-        epoch_started = time.perf_counter() - state.epoch_time
-        best_before = state.best_val_loss
-        model.train()
-        train_loader.set_epoch(epoch)
-        batches = train_loader
-        if state.step_in_epoch:  # resumed mid-epoch: skip the batches already trained on
-            batches = accelerator.skip_first_batches(train_loader, state.step_in_epoch)
-        checkpoint_at_epoch_end = checkpoint_every is None and args.checkpointing_steps == "epoch"
-        learning_rate = step_optimizer.param_groups[0]["lr"]
-        for batch in batches:
-            # A batch: uint8 images to pixels in [0, 1], binarised afresh (dynamic) from a seed of its position.
-            images = batch["pixel_values"]
-            if dynamic:
-                binarize_generator.manual_seed(
-                    binarization_seed(args.seed, accelerator.process_index, epoch, state.step_in_epoch)
-                )
-            pixel_values = to_pixel_values(images, "dynamic" if dynamic else "none", binarize_generator)
-            labels = batch["labels"] if conditional else None
-            # Forward, backward, and (once the gradients of `gradient_accumulation_steps` batches are summed) the
-            # clipped optimiser step and the per-step schedule.
-            with accelerator.accumulate(model) if accumulate else contextlib.nullcontext():
-                outputs = step_model(pixel_values, labels=labels, kl_weight=state.kl_weight)
-                accelerator.backward(outputs.loss)
-                synced = accelerator.sync_gradients
-                if synced and args.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                if synced:
-                    learning_rate = step_optimizer.param_groups[0]["lr"]  # the rate this step used, for the log
-                    step_optimizer.step()
-                    step_optimizer.zero_grad(set_to_none=True)
-                    if not metric_scheduler and not getattr(step_optimizer, "step_was_skipped", False):
-                        scheduler.step()  # not after a step the fp16 gradient scaler skipped
-            losses.add(state.global_step + 1, images.shape[0], outputs)
-            state.step_in_epoch += 1
-            images_trained += images.shape[0]
-            if not synced:
-                continue
-            state.global_step += 1
-            if first_step_seconds is None:  # with --torch_compile, mostly compiling (or loading it from the cache)
-                first_step_seconds = time.perf_counter() - train_started
-            state.kl_weight = kl_weight_at(state.global_step, args.kl_warmup_steps)
-            progress.update(1)
-            last_batch = state.step_in_epoch == batches_per_epoch
-            # Every few steps: read the losses back (and check them), log them; evaluate and checkpoint when asked.
-            if state.global_step % args.logging_steps == 0:
-                latest = losses.flush(epoch, last_checkpoint)
-                if latest is not None:
-                    progress.set_postfix(step_loss=f"{latest['loss']:.2f}", refresh=False)  # epoch lines: means
-                    latest.update(learning_rate=optimizer.param_groups[0]["lr"], kl_weight=state.kl_weight)
-                    accelerator.log({f"train/{name}": value for name, value in latest.items()}, step=state.global_step)
-            if args.eval_steps and state.global_step % args.eval_steps == 0 and not last_batch:
-                started = time.perf_counter()
-                losses.flush(epoch, last_checkpoint)
-                validate()
-                model.train()
-                side_seconds += time.perf_counter() - started
-            if checkpoint_every and state.global_step % checkpoint_every == 0:
-                if last_batch:
-                    checkpoint_at_epoch_end = True  # saved after the epoch's validation, as a clean epoch boundary
-                else:
+    with interrupts_at_step_boundaries() as interrupt_requested:
+        for epoch in range(state.epoch, num_epochs if state.global_step < max_steps else 0):
+            state.epoch = epoch
+            epoch_started = time.perf_counter() - state.epoch_time
+            best_before = state.best_val_loss
+            model.train()
+            train_loader.set_epoch(epoch)
+            batches = train_loader
+            if state.step_in_epoch:  # resumed mid-epoch: skip the batches already trained on
+                batches = accelerator.skip_first_batches(train_loader, state.step_in_epoch)
+            checkpoint_at_epoch_end = checkpoint_every is None and args.checkpointing_steps == "epoch"
+            learning_rate = step_optimizer.param_groups[0]["lr"]
+            for batch in batches:
+                if interrupt_requested():  # Ctrl-C: stop between steps (hf_vae/interrupts.py says why)
+                    raise KeyboardInterrupt
+                # A batch: uint8 images to pixels in [0, 1], binarised afresh (dynamic) from a seed of its position.
+                images = batch["pixel_values"]
+                if dynamic:
+                    binarize_generator.manual_seed(
+                        binarization_seed(args.seed, accelerator.process_index, epoch, state.step_in_epoch)
+                    )
+                pixel_values = to_pixel_values(images, "dynamic" if dynamic else "none", binarize_generator)
+                labels = batch["labels"] if conditional else None
+                # Forward, backward, and (once the gradients of `gradient_accumulation_steps` batches are summed) the
+                # clipped optimiser step and the per-step schedule.
+                with accelerator.accumulate(model) if accumulate else contextlib.nullcontext():
+                    outputs = step_model(pixel_values, labels=labels, kl_weight=state.kl_weight)
+                    accelerator.backward(outputs.loss)
+                    synced = accelerator.sync_gradients
+                    if synced and args.max_grad_norm is not None:
+                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    if synced:
+                        learning_rate = step_optimizer.param_groups[0]["lr"]  # the rate this step used, for the log
+                        step_optimizer.step()
+                        step_optimizer.zero_grad(set_to_none=True)
+                        if not metric_scheduler and not getattr(step_optimizer, "step_was_skipped", False):
+                            scheduler.step()  # not after a step the fp16 gradient scaler skipped
+                losses.add(state.global_step + 1, images.shape[0], outputs)
+                state.step_in_epoch += 1
+                images_trained += images.shape[0]
+                if not synced:
+                    continue
+                state.global_step += 1
+                if first_step_seconds is None:  # with --torch_compile, mostly compiling (or loading it from the cache)
+                    first_step_seconds = time.perf_counter() - train_started
+                state.kl_weight = kl_weight_at(state.global_step, args.kl_warmup_steps)
+                progress.update(1)
+                last_batch = state.step_in_epoch == batches_per_epoch
+                # Every few steps: read the losses back (and check them), log them; evaluate and checkpoint when asked.
+                if state.global_step % args.logging_steps == 0:
+                    latest = losses.flush(epoch, last_checkpoint)
+                    if latest is not None:
+                        progress.set_postfix(step_loss=f"{latest['loss']:.2f}", refresh=False)  # epoch lines: means
+                        latest.update(learning_rate=optimizer.param_groups[0]["lr"], kl_weight=state.kl_weight)
+                        logged = {f"train/{name}": value for name, value in latest.items()}
+                        accelerator.log(logged, step=state.global_step)
+                if args.eval_steps and state.global_step % args.eval_steps == 0 and not last_batch:
                     started = time.perf_counter()
-                    last_checkpoint = checkpoint(epoch_started)
+                    losses.flush(epoch, last_checkpoint)
+                    validate()
+                    model.train()
                     side_seconds += time.perf_counter() - started
+                if checkpoint_every and state.global_step % checkpoint_every == 0:
+                    if last_batch:
+                        checkpoint_at_epoch_end = True  # saved after the epoch's validation, as a clean epoch boundary
+                    else:
+                        started = time.perf_counter()
+                        last_checkpoint = checkpoint(epoch_started)
+                        side_seconds += time.perf_counter() - started
+                if state.global_step >= max_steps:
+                    break
+
+            # End of epoch: the epoch's training means over all processes, validation (saving the best model), the
+            # per-epoch schedule, the metrics row, pictures when asked, the checkpoint, early stopping.
+            started = time.perf_counter()
+            losses.flush(epoch, last_checkpoint)
+            train_metrics = losses.epoch_means()
+            val_metrics, validation_images = validate()
+            if metric_scheduler:
+                scheduler.step(val_metrics["loss"])
+            improved = state.best_val_loss != best_before
+            state.epochs_without_improvement = 0 if improved else state.epochs_without_improvement + 1
+            epoch_time = time.perf_counter() - epoch_started
+            row = {"epoch": epoch + 1}
+            row.update({f"train_{name}": value for name, value in train_metrics.items()})
+            row.update({f"val_{name}": val_metrics[name] for name in train_metrics})
+            row.update(learning_rate=learning_rate, epoch_time=round(epoch_time, 3))
+            state.history.append(row)
+            if is_main:
+                write_metrics(output_dir / "metrics.csv", state.history)
+                terms = " | ".join(f"{name}: {value:.4f}" for name, value in list(train_metrics.items())[1:])
+                tqdm.write(
+                    f"Epoch {epoch + 1:3d} | Total Loss: {train_metrics['loss']:.4f} | {terms} | "
+                    f"Val Loss: {val_metrics['loss']:.4f} | LR: {learning_rate:.2e} | Time: {epoch_time:.2f}s"
+                )
+            accelerator.log(
+                {"epoch": epoch + 1, "train/epoch_loss": train_metrics["loss"], "epoch_time": epoch_time},
+                step=state.global_step,
+            )
+            plot_now = args.plot_every_n_epochs and (epoch + 1) % args.plot_every_n_epochs == 0
+            if is_main and plot_now and not args.skip_figures:
+                caption = f"{output_dir.name}, epoch {epoch + 1} (step {state.global_step})"
+                _save_pictures(unwrapped, splits, output_dir / "figures" / f"epoch-{epoch + 1}", output_dir, caption)
+            losses.reset()
+            state.epoch, state.step_in_epoch, state.epoch_time, state.epoch_sums = epoch + 1, 0, 0.0, []
+            early_stop = (
+                args.early_stopping_patience is not None
+                and state.epochs_without_improvement >= args.early_stopping_patience
+            )
+            if checkpoint_at_epoch_end or (early_stop and args.checkpointing_steps is not None):
+                last_checkpoint = checkpoint(epoch_started)
+            side_seconds += time.perf_counter() - started
+            if early_stop:
+                stop_reason = "early_stopping"
+                if is_main:
+                    logger.info(
+                        f"Early stopping: no better validation loss for {state.epochs_without_improvement} epoch(s)."
+                    )
+                break
             if state.global_step >= max_steps:
                 break
-
-        # End of epoch: the epoch's training means over all processes, validation (saving the best model), the
-        # per-epoch schedule, the metrics row, pictures when asked, the checkpoint, early stopping.
-        started = time.perf_counter()
-        losses.flush(epoch, last_checkpoint)
-        train_metrics = losses.epoch_means()
-        val_metrics, validation_images = validate()
-        if metric_scheduler:
-            scheduler.step(val_metrics["loss"])
-        improved = state.best_val_loss != best_before
-        state.epochs_without_improvement = 0 if improved else state.epochs_without_improvement + 1
-        epoch_time = time.perf_counter() - epoch_started
-        row = {"epoch": epoch + 1}
-        row.update({f"train_{name}": value for name, value in train_metrics.items()})
-        row.update({f"val_{name}": val_metrics[name] for name in train_metrics})
-        row.update(learning_rate=learning_rate, epoch_time=round(epoch_time, 3))
-        state.history.append(row)
-        if is_main:
-            write_metrics(output_dir / "metrics.csv", state.history)
-            terms = " | ".join(f"{name}: {value:.4f}" for name, value in list(train_metrics.items())[1:])
-            tqdm.write(
-                f"Epoch {epoch + 1:3d} | Total Loss: {train_metrics['loss']:.4f} | {terms} | "
-                f"Val Loss: {val_metrics['loss']:.4f} | LR: {learning_rate:.2e} | Time: {epoch_time:.2f}s"
-            )
-        accelerator.log(
-            {"epoch": epoch + 1, "train/epoch_loss": train_metrics["loss"], "epoch_time": epoch_time},
-            step=state.global_step,
-        )
-        plot_now = args.plot_every_n_epochs and (epoch + 1) % args.plot_every_n_epochs == 0
-        if is_main and plot_now and not args.skip_figures:
-            caption = f"{output_dir.name}, epoch {epoch + 1} (step {state.global_step})"
-            _save_pictures(unwrapped, splits, output_dir / "figures" / f"epoch-{epoch + 1}", output_dir, caption)
-        losses.reset()
-        state.epoch, state.step_in_epoch, state.epoch_time, state.epoch_sums = epoch + 1, 0, 0.0, []
-        early_stop = (
-            args.early_stopping_patience is not None
-            and state.epochs_without_improvement >= args.early_stopping_patience
-        )
-        if checkpoint_at_epoch_end or (early_stop and args.checkpointing_steps is not None):
-            last_checkpoint = checkpoint(epoch_started)
-        side_seconds += time.perf_counter() - started
-        if early_stop:
-            stop_reason = "early_stopping"
-            if is_main:
-                logger.info(
-                    f"Early stopping: no better validation loss for {state.epochs_without_improvement} epoch(s)."
-                )
-            break
-        if state.global_step >= max_steps:
-            break
     progress.close()
     train_runtime = time.perf_counter() - train_started
     training_seconds = max(train_runtime - side_seconds, 1e-9)

@@ -30,11 +30,15 @@ def write_processor_config(folder: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("folders", nargs="*", type=Path, help="model folders (default: pretrained/* lacking one)")
+    parser.add_argument(
+        "folders", nargs="*", type=Path, help="model folders (default: the VAEs in pretrained/* lacking one)"
+    )
+    from hf_vae.families import FAMILIES, model_type_of
+
     folders = parser.parse_args().folders or [
         path.parent
         for path in sorted((REPO_ROOT / "pretrained").glob("*/config.json"))
-        if not (path.parent / "preprocessor_config.json").is_file()
+        if model_type_of(path.parent) in FAMILIES and not (path.parent / "preprocessor_config.json").is_file()
     ]
     for folder in folders:
         print(f"wrote {write_processor_config(folder)}")

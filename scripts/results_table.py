@@ -42,6 +42,10 @@ PUBLISHED_ROWS = [
      "", "", "", "", "85.57 (5000)"),
     ("IWAE k=50, 2 stochastic layers, Burda et al. 2015 (published)", "MLP, 2 stochastic layers", "", "100/50",
      "dynamic", "3,280", "", "", "", "82.90 (5000)"),
+    ("HVAE + VampPrior, Tomczak & Welling 2018 (published)", "MLP 300-300, 2 stochastic layers", "", "40/40",
+     "dynamic", "", "", "", "", "83.19 (5000)"),
+    ("Ladder VAE, Sønderby et al. 2016 (published)", "MLP 512-256-128-64-32, 5 stochastic layers", "",
+     "64/32/16/8/4", "dynamic", "", "", "", "", "81.74 (5000)"),
 ]
 
 

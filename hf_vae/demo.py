@@ -51,16 +51,26 @@ class Score:
     threshold: float | None
     method: str | None
     notes: list[str]
+    reconstruction_nll: float | None = None  # set for a deterministic posterior (VQ-VAE): the bound's two terms
+    prior_nll: float | None = None
 
     @property
     def is_anomaly(self) -> bool | None:
         return None if self.threshold is None else self.anomaly_score > self.threshold
 
     def markdown(self) -> str:
-        lines = [
-            f"**Negative ELBO:** {self.negative_elbo:.2f} nats ({ELBO_SAMPLES} posterior samples)",
-            f"**IWAE NLL:** {self.iwae_nll:.2f} nats (K = {IWAE_SAMPLES})",
-        ]
+        if self.reconstruction_nll is None:
+            lines = [
+                f"**Negative ELBO:** {self.negative_elbo:.2f} nats ({ELBO_SAMPLES} posterior samples)",
+                f"**IWAE NLL:** {self.iwae_nll:.2f} nats (K = {IWAE_SAMPLES})",
+            ]
+        else:
+            lines = [
+                f"**Likelihood bound:** {self.negative_elbo:.2f} nats, an upper bound on -log p(x): "
+                f"reconstruction NLL {self.reconstruction_nll:.2f} + prior NLL of the codes {self.prior_nll:.2f}",
+                "_The posterior is a point mass (the quantised codes), so this bound is exact to compute; "
+                "there is no separate ELBO or IWAE estimate._",
+            ]
         if self.threshold is None:
             lines.append("**Anomaly:** no saved threshold for this model (`hf-vae evaluate --output` writes one).")
         else:
@@ -146,6 +156,11 @@ class DemoSession:
     def num_classes(self) -> int | None:
         return self.model.config.num_classes
 
+    @property
+    def sample_classes(self) -> int | None:
+        """The classes Generate can ask for: the model's, or those of a VQ-VAE's labelled code prior."""
+        return self.num_classes if self.num_classes is not None else getattr(self.model, "sample_classes", None)
+
     # -------------------------------------------------------------------------------------------- Generate
     def generate(self, seed: int, count: int, temperature: float, label: int | None, sampler: str) -> Image.Image:
         """A grid of `count` samples; a conditional model given no class draws the digits 0, 1, 2, ... in turn."""
@@ -157,8 +172,8 @@ class DemoSession:
         if sampler not in self.samplers:
             raise DemoInputError(f"Unknown sampler {sampler!r}; this model has {list(self.samplers)}.")
         labels = None
-        if self.num_classes is not None:
-            labels = torch.arange(count) % self.num_classes if label is None else torch.full((count,), int(label))
+        if self.sample_classes is not None:
+            labels = torch.arange(count) % self.sample_classes if label is None else torch.full((count,), int(label))
         keywords = {} if sampler == "prior" else {"sampler": sampler}
         generator = torch.Generator(self.model.device).manual_seed(int(seed))
         with evaluating(self.model):
@@ -168,6 +183,42 @@ class DemoSession:
     # -------------------------------------------------------------------------------------------- Explore
     def explore(self, values: list[float], label: int | None = None) -> Image.Image:
         return _display(self.explorer.decode([float(value) for value in values], label).unsqueeze(0))
+
+    def _code_grid(self):
+        if self.explorer.code_grid is None:
+            raise DemoInputError("This model has no code grid: only VQ-VAEs do.")
+        return self.explorer.code_grid
+
+    def code_grid_start(self, index: int) -> np.ndarray:
+        """The code grid (h, w) of the cloud's image number `index`, to show in the table."""
+        starts = self._code_grid().starts
+        if index is None or not 0 <= int(index) < len(starts):
+            raise DemoInputError(f"Start image must be a number from 0 to {len(starts) - 1}, got {index}.")
+        return starts[int(index)].numpy()
+
+    def explore_codes(self, table: Any) -> Image.Image:
+        """The decoded image of an edited code grid (a table of integers)."""
+        code_grid = self._code_grid()
+        try:
+            grid = code_grid.parse(table)
+        except ValueError as error:
+            raise DemoInputError(str(error)) from None
+        return _display(code_grid.decode(grid).unsqueeze(0))
+
+    def resample_cell(self, table: Any, row: int, column: int, seed: int) -> tuple[np.ndarray, Image.Image]:
+        """The grid with cell (row, column), 1-based as the table numbers them, set to another random code, and its
+        image."""
+        code_grid = self._code_grid()
+        height, width = code_grid.starts.shape[1:]
+        if row is None or column is None or not (1 <= int(row) <= height and 1 <= int(column) <= width):
+            raise DemoInputError(
+                f"The cell must be a row in 1..{height} and a column in 1..{width}, got ({row}, {column})."
+            )
+        try:
+            grid = code_grid.resample(code_grid.parse(table), int(row) - 1, int(column) - 1, int(seed or 0))
+        except ValueError as error:
+            raise DemoInputError(str(error)) from None
+        return grid.numpy(), _display(code_grid.decode(grid).unsqueeze(0))
 
     def latent_map(self, point: tuple[float, float] | None = None) -> Image.Image | None:
         return None if self.explorer.latent_map is None else self.explorer.latent_map(point)
@@ -226,17 +277,23 @@ class DemoSession:
         pixel_values, notes = self.read_image(image)
         pixel_values = pixel_values.to(self.model.device)
         labels, label_notes = self._label_for(pixel_values)
+        terms = {}
         with evaluating(self.model):
             reconstruction = self.model.reconstruct(pixel_values, labels)
-            elbo = float(self.model.negative_elbo(pixel_values, labels, ELBO_SAMPLES, self._generator()))
-            iwae = -float(self.model.log_likelihood(pixel_values, labels, IWAE_SAMPLES, self._generator()))
+            if hasattr(self.model, "decode_indices"):  # a point-mass posterior: the bound and its two terms
+                figures = self.model.evaluation_figures(pixel_values)
+                elbo = iwae = float(figures["likelihood_bound"][0])
+                terms = {name: float(figures[name][0]) for name in ("reconstruction_nll", "prior_nll")}
+            else:
+                elbo = float(self.model.negative_elbo(pixel_values, labels, ELBO_SAMPLES, self._generator()))
+                iwae = -float(self.model.log_likelihood(pixel_values, labels, IWAE_SAMPLES, self._generator()))
         anomaly = threshold = method = None
         if self.threshold is not None:
             from .evaluation import anomaly_scores
 
             method, threshold = self.threshold["method"], self.threshold["threshold"]
             anomaly = float(anomaly_scores(self.model, pixel_values.cpu(), None, method)[0])
-        score = Score(elbo, iwae, anomaly, threshold, method, notes + label_notes)
+        score = Score(elbo, iwae, anomaly, threshold, method, notes + label_notes, **terms)
         return _display(pixel_values), _display(reconstruction), score
 
     # -------------------------------------------------------------------------------------------- Interpolate
@@ -277,6 +334,7 @@ def build_demo(model: torch.nn.Module, processor: VAEImageProcessor | None = Non
     state = DemoSession(model, processor, **session)
     config = model.config
     classes = [str(c) for c in range(config.num_classes)] if config.num_classes is not None else None
+    sample_classes = [str(c) for c in range(state.sample_classes)] if state.sample_classes is not None else None
     name = Path(str(getattr(model, "name_or_path", "") or "model")).name or "model"
 
     def class_of(choice: str | None) -> int | None:
@@ -291,7 +349,10 @@ def build_demo(model: torch.nn.Module, processor: VAEImageProcessor | None = Non
                 temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Temperature")
                 sampler = gr.Dropdown(list(state.samplers), value="prior", label="Sampler", elem_id="generate-sampler")
                 label = gr.Dropdown(
-                    ["all", *classes] if classes else ["all"], value="all", label="Class", visible=classes is not None
+                    ["all", *sample_classes] if sample_classes else ["all"],
+                    value="all",
+                    label="Class",
+                    visible=sample_classes is not None,
                 )
             generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
             grid = gr.Image(label="Samples", type="pil", elem_id="generate-grid", format="png")
@@ -306,66 +367,71 @@ def build_demo(model: torch.nn.Module, processor: VAEImageProcessor | None = Non
 
         with gr.Tab("Explore"):
             gr.Markdown(state.explorer.description)
-            explore_label = gr.Dropdown(
-                classes or ["all"], value=(classes or ["all"])[0], label="Class", visible=classes is not None
-            )
-            sliders = []
-            with gr.Row():
-                with gr.Column():
-                    for row_name, row in state.explorer.rows:
-                        gr.Markdown(f"**{row_name}**")
-                        with gr.Row():
-                            for spec in row:
-                                sliders.append(
-                                    gr.Slider(
-                                        spec.minimum,
-                                        spec.maximum,
-                                        value=spec.value,
-                                        step=0.01,
-                                        label=spec.label,
-                                        min_width=240,
-                                        elem_id=f"explore-slider-{len(sliders)}",
+            if state.explorer.code_grid is not None:
+                _code_grid_tab(gr, state)
+            else:
+                explore_label = gr.Dropdown(
+                    classes or ["all"], value=(classes or ["all"])[0], label="Class", visible=classes is not None
+                )
+                sliders = []
+                with gr.Row():
+                    with gr.Column():
+                        for row_name, row in state.explorer.rows:
+                            gr.Markdown(f"**{row_name}**")
+                            with gr.Row():
+                                for spec in row:
+                                    sliders.append(
+                                        gr.Slider(
+                                            spec.minimum,
+                                            spec.maximum,
+                                            value=spec.value,
+                                            step=0.01,
+                                            label=spec.label,
+                                            min_width=240,
+                                            elem_id=f"explore-slider-{len(sliders)}",
+                                        )
                                     )
-                                )
-                    decoded = gr.Image(
-                        state.explore([s.value for s in state.explorer.sliders]),
-                        label="Decoded",
-                        type="pil",
-                        elem_id="explore-image",
-                        format="png",
-                    )
+                        decoded = gr.Image(
+                            state.explore([s.value for s in state.explorer.sliders]),
+                            label="Decoded",
+                            type="pil",
+                            elem_id="explore-image",
+                            format="png",
+                        )
+                    if state.explorer.latent_map is not None:
+                        first = tuple(s.value for s in state.explorer.sliders[:2])
+                        latent_map = gr.Image(
+                            state.latent_map(first), label="Latent map (click to pick a point)", type="pil",
+                            elem_id="explore-map", format="png",
+                        )  # fmt: skip
+
+                def explore(label_value, *values):
+                    return state.explore(list(values), class_of(label_value))
+
+                for slider in sliders:
+                    slider.release(_guarded(explore), [explore_label, *sliders], decoded, api_name=False)
+                explore_label.change(_guarded(explore), [explore_label, *sliders], decoded, api_name=False)
+
                 if state.explorer.latent_map is not None:
-                    first = tuple(s.value for s in state.explorer.sliders[:2])
-                    latent_map = gr.Image(
-                        state.latent_map(first), label="Latent map (click to pick a point)", type="pil",
-                        elem_id="explore-map", format="png",
-                    )  # fmt: skip
 
-            def explore(label_value, *values):
-                return state.explore(list(values), class_of(label_value))
+                    def pick(label_value, event):
+                        x, y = state.explorer.from_map(*event.index)
+                        return x, y, state.explore([x, y], class_of(label_value)), state.latent_map((x, y))
 
-            for slider in sliders:
-                slider.release(_guarded(explore), [explore_label, *sliders], decoded, api_name=False)
-            explore_label.change(_guarded(explore), [explore_label, *sliders], decoded, api_name=False)
+                    pick.__annotations__["event"] = gr.SelectData  # resolved: this module postpones annotations
 
-            if state.explorer.latent_map is not None:
+                    latent_map.select(
+                        pick, [explore_label], [sliders[0], sliders[1], decoded, latent_map], api_name=False
+                    )
 
-                def pick(label_value, event):
-                    x, y = state.explorer.from_map(*event.index)
-                    return x, y, state.explore([x, y], class_of(label_value)), state.latent_map((x, y))
+                    def move_marker(x, y):
+                        return state.latent_map((x, y))
 
-                pick.__annotations__["event"] = gr.SelectData  # resolved: this module postpones annotations
+                    for slider in sliders[:2]:
+                        slider.release(move_marker, sliders[:2], latent_map, api_name=False)
 
-                latent_map.select(pick, [explore_label], [sliders[0], sliders[1], decoded, latent_map], api_name=False)
-
-                def move_marker(x, y):
-                    return state.latent_map((x, y))
-
-                for slider in sliders[:2]:
-                    slider.release(move_marker, sliders[:2], latent_map, api_name=False)
-
-            explore_button = gr.Button("Decode", visible=False)
-            explore_button.click(_guarded(explore), [explore_label, *sliders], decoded, api_name="explore")
+                explore_button = gr.Button("Decode", visible=False)
+                explore_button.click(_guarded(explore), [explore_label, *sliders], decoded, api_name="explore")
 
         with gr.Tab("Reconstruct and score"):
             with gr.Row():
@@ -391,6 +457,11 @@ def build_demo(model: torch.nn.Module, processor: VAEImageProcessor | None = Non
             upload.upload(_guarded(reconstruct), upload, [seen, rebuilt, scores], api_name=False)
 
         with gr.Tab("Interpolate"):
+            if state.explorer.code_grid is not None:
+                gr.Markdown(
+                    "_A VQ-VAE: the path runs straight between the two images' quantised grids, so the middle "
+                    "steps decode vectors between codebook entries rather than codes._"
+                )
             with gr.Row():
                 start = _sketchpad(gr, "From (draw, or upload a picture as background)", "interpolate-start")
                 end = _sketchpad(gr, "To", "interpolate-end")
@@ -399,6 +470,41 @@ def build_demo(model: torch.nn.Module, processor: VAEImageProcessor | None = Non
             path = gr.Image(label="Interpolation", type="pil", elem_id="interpolate-output", format="png")
             interpolate_button.click(_guarded(state.interpolate), [start, end, steps], path, api_name="interpolate")
     return demo
+
+
+def _code_grid_tab(gr: Any, state: DemoSession) -> None:
+    """The Explore tab of a VQ-VAE: a start image, its code grid as an editable table, the decoded image, and a
+    control that redraws one cell."""
+    code_grid = state.explorer.code_grid
+    count, height, width = code_grid.starts.shape
+    with gr.Row():
+        with gr.Column():
+            start = gr.Number(
+                value=0, precision=0, minimum=0, maximum=count - 1, label=f"Start image (0 to {count - 1})",
+                elem_id="explore-start",
+            )  # fmt: skip
+            table = gr.Dataframe(
+                state.code_grid_start(0), headers=[str(c + 1) for c in range(width)], datatype="number",
+                row_count=height, column_count=width, type="array", interactive=True, show_row_numbers=True,
+                label=f"Code grid (codebook indices 0 to {code_grid.codebook_size - 1})", elem_id="explore-codes",
+            )  # fmt: skip
+            with gr.Row():
+                row = gr.Number(value=1, precision=0, minimum=1, maximum=height, label="Row", min_width=80)
+                column = gr.Number(value=1, precision=0, minimum=1, maximum=width, label="Column", min_width=80)
+                seed = gr.Number(value=0, precision=0, label="Seed", min_width=80)
+                resample = gr.Button("Resample this cell (a random code)", elem_id="explore-resample")
+        decoded = gr.Image(
+            state.explore_codes(state.code_grid_start(0)), label="Decoded", type="pil", elem_id="explore-image",
+            format="png",
+        )  # fmt: skip
+
+    def restart(index):
+        grid = state.code_grid_start(index)
+        return grid, state.explore_codes(grid)
+
+    start.submit(_guarded(restart), start, [table, decoded], api_name=False)
+    table.input(_guarded(state.explore_codes), table, decoded, api_name="explore_codes")
+    resample.click(_guarded(state.resample_cell), [table, row, column, seed], [table, decoded], api_name=False)
 
 
 def _sketchpad(gr: Any, label: str, elem_id: str):

@@ -6,7 +6,9 @@ function from slider values to a decoded image.
 - a larger Gaussian latent: sliders along the top principal components of the posterior means, in standard
   deviations from their mean;
 - a hierarchical VAE: one row of sliders per stochastic layer (the top latents, then the noise of each lower layer's
-  draw from p(z_l | z_l+1)), decoded top-down.
+  draw from p(z_l | z_l+1)), decoded top-down;
+- a VQ-VAE: the code grid of a test image, as a table of codebook indices to edit (`CodeGrid`), decoded by
+  `decode_indices`; its cloud holds code grids instead of posterior means.
 
 Without data (the dataset cannot be loaded) the point cloud is a sample of the prior instead of posterior means.
 A new family adds one builder to `EXPLORERS`.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,16 +58,70 @@ class Slider:
 
 
 @dataclass
+class CodeGrid:
+    """A VQ-VAE's editable code grid: the grids to start from (N, h, w) (the cloud's), the codebook size, and
+    `decode(grid)` (h, w) -> image (C, H, W) in [0, 1]."""
+
+    starts: torch.Tensor
+    codebook_size: int
+    decode: Callable[[torch.Tensor], torch.Tensor]
+
+    def parse(self, table: Any) -> torch.Tensor:
+        """The edited table (a DataFrame, an array or a list of rows) as a (h, w) grid of codes; a ValueError names
+        the first bad cells (1-based, as the page numbers them) and the range codes must lie in."""
+        height, width = self.starts.shape[1:]
+        cells = np.asarray(getattr(table, "values", table), dtype=object)
+        if cells.shape != (height, width):
+            shape = " x ".join(map(str, cells.shape))
+            raise ValueError(f"The code grid must be {height} x {width} cells, got {shape}.")
+        bad = []
+        grid = torch.zeros(height, width, dtype=torch.long)
+        for (row, column), value in np.ndenumerate(cells):
+            code = _as_code(value)
+            if code is None or not 0 <= code < self.codebook_size:
+                what = "not a whole number" if code is None else "outside the codebook"
+                bad.append(f"row {row + 1}, column {column + 1} is {str(value).strip() or 'empty'!r} ({what})")
+            else:
+                grid[row, column] = code
+        if bad:
+            more = f"; and {len(bad) - 3} more cells" if len(bad) > 3 else ""
+            raise ValueError(f"Codes must be whole numbers in [0, {self.codebook_size}): {'; '.join(bad[:3])}{more}.")
+        return grid
+
+    def resample(self, grid: torch.Tensor, row: int, column: int, seed: int) -> torch.Tensor:
+        """A copy of `grid` with cell (row, column), 0-based, set to a code drawn uniformly (seeded), never the
+        code it had, so the picture changes."""
+        generator = torch.Generator().manual_seed(seed)
+        new = int(torch.randint(self.codebook_size - 1, (1,), generator=generator))
+        grid = grid.clone()
+        grid[row, column] = new + int(new >= grid[row, column])
+        return grid
+
+
+def _as_code(value: Any) -> int | None:
+    """A table cell as an integer code, or None when it is not a whole number ("7", 7.0 and 7 are)."""
+    if isinstance(value, (bool, np.bool_)) or value is None:
+        return None
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if math.isfinite(number) and number == int(number) else None
+
+
+@dataclass
 class Explorer:
     """Slider rows (a title and its sliders) and `decode(values, label)` -> image (C, H, W) in [0, 1], where
     `values` lists every slider's value, row after row. `to_map`/`from_map` relate the x/y sliders to pixels of
-    `latent_map` (2-D latents only)."""
+    `latent_map` (2-D latents only). A VQ-VAE's explorer has no sliders but a `code_grid`; its `decode` takes the
+    grid's codes, row after row."""
 
     description: str
     rows: list[tuple[str, list[Slider]]]
     decode: Callable[[list[float], int | None], torch.Tensor]
     latent_map: Callable[[tuple[float, float] | None], Image.Image] | None = None
     from_map: Callable[[int, int], tuple[float, float]] | None = None
+    code_grid: CodeGrid | None = None
     sliders: list[Slider] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -78,7 +135,10 @@ def latent_cloud(
     num_prior_samples: int = 2000,
     seed: int = 0,
 ) -> LatentCloud:
-    """Posterior means of `pixel_values` (a conditional model encodes each with its label), else prior samples."""
+    """Posterior means of `pixel_values` (a conditional model encodes each with its label), else prior samples; for
+    a VQ-VAE, code grids (flattened) instead."""
+    if hasattr(model, "decode_indices"):
+        return _code_cloud(model, pixel_values, labels, seed)
     with evaluating(model):
         if pixel_values is not None:
             use_labels = labels if model.config.num_classes is not None else None
@@ -92,6 +152,37 @@ def latent_cloud(
         else:
             points = torch.randn(num_prior_samples, model.config.latent_dim, generator=generator)
     return LatentCloud(points, None, f"{num_prior_samples} samples of the prior (no test data loaded)")
+
+
+def _code_cloud(
+    model: torch.nn.Module,
+    pixel_values: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    seed: int,
+    num_prior_samples: int = 16,
+    batch_size: int = 500,
+) -> LatentCloud:
+    """A VQ-VAE's code grids (N, h * w): of `pixel_values`, else drawn from its code prior (a few: each grid is
+    generated code by code)."""
+    with evaluating(model):
+        if pixel_values is not None:
+            grids = [
+                model.encode(pixel_values[start : start + batch_size].to(model.device)).indices.cpu()
+                for start in range(0, len(pixel_values), batch_size)
+            ]
+            points = torch.cat(grids).flatten(1)
+            return LatentCloud(points, labels, f"the code grids of {len(points)} test images")
+        generator = torch.Generator().manual_seed(seed)
+        prior = model.code_prior
+        if prior is None:
+            size, grid = model.config.codebook_size, model.config.grid_size
+            points = torch.randint(size, (num_prior_samples, grid * grid), generator=generator)
+        else:
+            from .code_prior import generate_codes
+
+            prior.to(model.device)
+            points = generate_codes(prior, num_prior_samples, generator).cpu().flatten(1)
+    return LatentCloud(points, None, f"{num_prior_samples} code grids drawn from the prior (no test data loaded)")
 
 
 def _decoder(model: torch.nn.Module) -> Callable[[torch.Tensor, int | None], torch.Tensor]:
@@ -202,6 +293,24 @@ def hierarchy_explorer(model: torch.nn.Module, cloud: LatentCloud | None = None,
     )
 
 
+def code_grid_explorer(model: torch.nn.Module, cloud: LatentCloud) -> Explorer:
+    """A VQ-VAE: the code grid of one of the cloud's images, to edit cell by cell."""
+    size, grid = model.config.codebook_size, model.config.grid_size
+
+    def decode_grid(codes: torch.Tensor) -> torch.Tensor:
+        with evaluating(model):
+            return model.decode_indices(codes.view(1, grid, grid)).images[0].cpu()
+
+    code_grid = CodeGrid(cloud.points.long().view(-1, grid, grid), size, decode_grid)
+    return Explorer(
+        f"The {grid} x {grid} grid of codebook indices (0 to {size - 1}) that the decoder turns into the image, "
+        f"starting from one of {cloud.source}. Edit any cell and the image is decoded again.",
+        [],
+        lambda values, label: decode_grid(torch.tensor(values).long()),
+        code_grid=code_grid,
+    )
+
+
 def _gaussian_explorer(model: torch.nn.Module, cloud: LatentCloud) -> Explorer:
     return plane_explorer(model, cloud) if cloud.points.shape[1] == 2 else principal_explorer(model, cloud)
 
@@ -210,6 +319,7 @@ def _gaussian_explorer(model: torch.nn.Module, cloud: LatentCloud) -> Explorer:
 EXPLORERS: dict[str, Callable[[torch.nn.Module, LatentCloud], Explorer]] = {
     "hf_vae": _gaussian_explorer,
     "hf_hvae": hierarchy_explorer,
+    "hf_vqvae": code_grid_explorer,
 }
 
 
@@ -217,4 +327,4 @@ def build_explorer(model: torch.nn.Module, cloud: LatentCloud) -> Explorer:
     return EXPLORERS.get(model.config.model_type, _gaussian_explorer)(model, cloud)
 
 
-__all__ = ["EXPLORERS", "Explorer", "LatentCloud", "Slider", "build_explorer", "latent_cloud"]
+__all__ = ["EXPLORERS", "CodeGrid", "Explorer", "LatentCloud", "Slider", "build_explorer", "latent_cloud"]

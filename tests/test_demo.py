@@ -17,10 +17,13 @@ from huggingface_hub import HfApi, hf_hub_download
 from PIL import Image
 
 from hf_vae import VAEConfig, VAEModel
+from hf_vae.code_prior import build_prior
 from hf_vae.configuration_hvae import HVAEConfig
+from hf_vae.configuration_vqvae import VQVAEConfig
 from hf_vae.demo import DemoInputError, DemoSession, saved_threshold
 from hf_vae.demo_explore import latent_cloud
 from hf_vae.modeling_hvae import HVAEModel
+from hf_vae.modeling_vqvae import VQVAEModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -97,6 +100,96 @@ def test_explore_a_plane_principal_components_and_a_hierarchy():
         values = [0.0] * 9
         values[index] = 3.0
         assert not np.array_equal(_pixels(session.explore(values)), base), index
+
+
+def _vqvae(num_classes: int | None = 10) -> VQVAEModel:
+    """A tiny VQ-VAE (8 codes, a 7 x 7 grid) with a one-layer code prior that has class tokens."""
+    torch.manual_seed(0)
+    config = VQVAEConfig(conv_channels=[4, 8], num_res_blocks=0, embedding_dim=3, codebook_size=8)
+    model = VQVAEModel(config)
+    model.set_code_prior(build_prior(8, config.grid_size, num_classes, 1, 16, 2, 0.0))
+    return model.eval()
+
+
+def test_a_vqvae_explores_an_editable_code_grid():
+    model = _vqvae()
+    pixels = (torch.rand(20, 1, 28, 28, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    session = DemoSession(model, cloud=latent_cloud(model, pixels, torch.arange(20) % 10))
+    code_grid = session.explorer.code_grid
+    assert session.explorer.sliders == [] and "the code grids of 20 test images" in session.explorer.description
+    grid = session.code_grid_start(4)
+    assert np.array_equal(grid, model.encode(pixels[4:5]).indices[0].numpy())
+    picture = _pixels(session.explore_codes(grid.tolist()))
+    expected = _pixels(session.explore_codes([[str(code) for code in row] for row in grid]))  # "3" reads as 3
+    assert picture.shape == (168, 168) and np.array_equal(picture, expected)
+    decoded = model.decode_indices(torch.as_tensor(grid)[None]).images
+    assert np.array_equal(picture, _pixels(session.explore_codes(code_grid.parse(grid.astype(float)).numpy())))
+    assert torch.equal(code_grid.decode(torch.as_tensor(grid)), decoded[0])
+
+    edited = grid.copy()
+    edited[3] = (edited[3] + 1) % 8
+    assert not np.array_equal(_pixels(session.explore_codes(edited)), picture)
+    resampled, image = session.resample_cell(grid.tolist(), 2, 5, 7)
+    changed = np.argwhere(resampled != grid)
+    assert changed.tolist() == [[1, 4]] and 0 <= resampled[1, 4] < 8
+    assert np.array_equal(session.resample_cell(grid.tolist(), 2, 5, 7)[0], resampled)  # seeded
+    assert np.array_equal(_pixels(image), _pixels(session.explore_codes(resampled)))
+
+    bad = grid.tolist()
+    bad[0][1], bad[2][0], bad[6][6] = 1.5, "x", 8
+    with pytest.raises(DemoInputError) as error:
+        session.explore_codes(bad)
+    assert str(error.value) == (
+        "Codes must be whole numbers in [0, 8): row 1, column 2 is '1.5' (not a whole number); row 3, column 1 is "
+        "'x' (not a whole number); row 7, column 7 is '8' (outside the codebook)."
+    )
+    for cell in (None, "", -1, float("nan"), True):
+        bad = grid.tolist()
+        bad[0][0] = cell
+        with pytest.raises(DemoInputError, match=r"^Codes must be whole numbers in \[0, 8\): row 1, column 1 is"):
+            session.explore_codes(bad)
+    with pytest.raises(DemoInputError, match="The code grid must be 7 x 7 cells, got 7 x 6"):
+        session.explore_codes(grid[:, :6])
+    with pytest.raises(DemoInputError, match=r"a row in 1..7 and a column in 1..7, got \(8, 1\)"):
+        session.resample_cell(grid.tolist(), 8, 1, 0)
+    with pytest.raises(DemoInputError, match="Start image must be a number from 0 to 19, got 20"):
+        session.code_grid_start(20)
+    with pytest.raises(DemoInputError, match="no code grid"):
+        DemoSession(_vae()).explore_codes(grid)
+
+    without_data = DemoSession(model)  # the prior's code grids to start from
+    assert without_data.explorer.code_grid.starts.shape == (16, 7, 7)
+    assert "16 code grids drawn from the prior" in without_data.explorer.description
+
+
+def test_a_vqvae_generates_by_class_and_scores_with_its_likelihood_bound():
+    session = DemoSession(_vqvae())
+    assert session.num_classes is None and session.sample_classes == 10  # the code prior's class tokens
+    asked, sample = [], session.model.sample
+
+    def recording_sample(count, labels=None, **keywords):
+        asked.append(labels)
+        return sample(count, labels=labels, **keywords)
+
+    session.model.sample = recording_sample
+    assert session.generate(0, 4, 1.0, 3, "prior").size == (6 * (4 * 30 + 2), 6 * 32)
+    session.generate(0, 4, 1.0, None, "prior")
+    assert [labels.tolist() for labels in asked] == [[3, 3, 3, 3], [0, 1, 2, 3]]  # or each class in turn
+    assert DemoSession(_vqvae(num_classes=None)).sample_classes is None
+
+    digit = np.zeros((28, 28), np.uint8)
+    digit[4:24, 12:16] = 255
+    seen, rebuilt, score = session.reconstruct(digit)
+    assert seen.size == rebuilt.size == (168, 168)
+    assert score.negative_elbo == score.iwae_nll
+    assert score.reconstruction_nll + score.prior_nll == pytest.approx(score.negative_elbo, rel=1e-6)
+    pixel_values, _ = session.read_image(digit)
+    with torch.no_grad():
+        bound = -float(session.model.log_weights(pixel_values, 1)[0, 0])
+    assert score.negative_elbo == pytest.approx(bound, rel=1e-5)
+    text = score.markdown()
+    assert text.startswith("**Likelihood bound:**") and "IWAE" in text and "Negative ELBO" not in text
+    assert session.interpolate(digit, digit, 4).size == (6 * (4 * 30 + 2), 6 * 32)
 
 
 def test_reconstruct_scores_against_the_threshold(tmp_path):

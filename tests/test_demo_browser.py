@@ -2,7 +2,8 @@
 headless Chromium (Debian's `chromium` + `chromium-driver`, driven by Selenium; `.ci/run` installs them) checks that
 the page loads, Generate draws a grid, moving an Explore slider changes the decoded digit, a file that is not an image
 shows the error while the page keeps working, and an uploaded digit and a drawn one come back with their scores. The
-app's Python API is checked with `gradio_client` against the same server.
+app's Python API is checked with `gradio_client` against the same server, and the committed VQ-VAE's code grid
+through the API of an app served in the test's process.
 
 Every wait is explicit (a condition with a timeout); nothing sleeps. Screenshots go to $HF_VAE_SCREENSHOTS when set
 (`HF_VAE_SCREENSHOTS=docs/screenshots pytest tests/test_demo_browser.py` refreshes the README's), else to tmp_path.
@@ -11,6 +12,7 @@ Without Chromium, its driver, Selenium or Gradio the suite skips, unless HF_VAE_
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import re
@@ -279,3 +281,39 @@ def test_the_apps_python_api(demo_url, inputs):
 
 def _pixels_from_file(path: str) -> np.ndarray:
     return np.asarray(Image.open(path).convert("L"), dtype=np.int16)
+
+
+def test_a_vqvae_code_grid_through_the_api():
+    """The committed VQ-VAE served in this process (prior code grids to start from): an edited grid is decoded, a
+    code out of the codebook is a readable error, and the app keeps serving."""
+    for module in ("gradio", "gradio_client"):
+        _require(importlib.util.find_spec(module) is not None, f"{module} is not installed (pip install -e '.[demo]')")
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    from hf_vae.demo import DemoSession, build_demo
+    from hf_vae.evaluation import load_model
+
+    model = load_model(str(REPO / "pretrained" / "mnist-vqvae"))
+    grid = DemoSession(model).code_grid_start(0)
+    demo = build_demo(model)
+    demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        headers = [str(column + 1) for column in range(grid.shape[1])]
+
+        def decode(codes: np.ndarray) -> np.ndarray:
+            table = {"headers": headers, "data": codes.tolist()}
+            return _pixels_from_file(client.predict(table, api_name="/explore_codes"))
+
+        start = decode(grid)
+        edited = grid.copy()
+        edited[2:5, 2:5] = (edited[2:5, 2:5] + 64) % 128
+        changed = decode(edited)
+        assert start.shape == (6 * 28, 6 * 28) and np.abs(start - changed).mean() > 1
+        edited[1, 2] = 500
+        with pytest.raises(AppError, match=r"row 2, column 3 is '500' \(outside the codebook\)"):
+            decode(edited)
+        assert np.array_equal(decode(grid), start)  # still serving
+    finally:
+        demo.close()

@@ -169,6 +169,10 @@ class VQVAEModel(VQVAEPreTrainedModel):
         return self.__dict__.get("_code_prior")
 
     @property
+    def samplers(self) -> tuple[str, ...]:
+        return ("prior",)
+
+    @property
     def sample_classes(self) -> int | None:
         """The classes `sample(labels=)` can ask the prior for (its class tokens), or None."""
         prior = self.code_prior
@@ -380,9 +384,16 @@ class VQVAEModel(VQVAEPreTrainedModel):
         labels: torch.Tensor | int | None = None,
         temperature: float = 1.0,
         top_k: int | None = None,
+        sampler: str = "prior",
     ) -> torch.Tensor:
         """Images decoded from code grids drawn from the prior with `generate` (temperature, top-k; a labelled prior
-        draws the class first unless `labels` are given), or, without a prior, uniformly random codes."""
+        draws the class first unless `labels` are given), or, without a prior, uniformly random codes. `sampler` is
+        the shared contract's: the code prior is this family's only one."""
+        if sampler != "prior":
+            raise ValueError(
+                f"sampler={sampler!r}: a VQ-VAE draws its codes from its code prior only; use sampler='prior' "
+                "(post-hoc Gaussian mixtures model continuous latents)."
+            )
         prior = self.code_prior
         if prior is None:
             size, grid = self.config.codebook_size, self.config.grid_size

@@ -115,7 +115,7 @@ def draw_samples(
     """`num_samples` images from `model.sample` in batches, from one generator seeded with `seed` (on the CPU, so
     the draws do not depend on the device), with balanced class labels for conditional models."""
     generator = torch.Generator().manual_seed(seed)
-    num_classes = model.config.num_classes
+    num_classes = model.config.num_classes or getattr(model, "sample_classes", None)  # a VQ-VAE's code prior
     labels = balanced_labels(num_samples, num_classes) if num_classes is not None else None
     images = []
     for start in range(0, num_samples, batch_size):
@@ -136,6 +136,7 @@ def sample_metrics(
     batch_size: int = 1000,
     samplers: tuple[str, ...] | None = None,
     neighbours: int | None = DEFAULT_NEIGHBOURS,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
     """Fréchet distance, precision / recall (unless `neighbours` is None) and, for conditional models, class fidelity
     of `num_samples` samples of each of `samplers` (default: every sampler the model has) against
@@ -150,7 +151,7 @@ def sample_metrics(
     real_radii = _kth_neighbour_radii(real_features.double(), neighbours, 1000) if neighbours is not None else None
     results: dict[str, Any] = {}
     for sampler in samplers or tuple(model.samplers):
-        images, labels = draw_samples(model, num_samples, seed, batch_size, sampler)
+        images, labels = draw_samples(model, num_samples, seed, batch_size, sampler, temperature)
         fake_features, logits = _features(network, images.to(network.device), batch_size)
         figures: dict[str, Any] = {
             "frechet_distance": frechet_distance(*real_statistics, *gaussian_statistics(fake_features))
@@ -163,7 +164,7 @@ def sample_metrics(
             figures["class_fidelity"] = class_fidelity(logits, labels)
             figures["class_fidelity_per_class"] = {
                 str(label): class_fidelity(logits[labels == label], labels[labels == label])
-                for label in range(model.config.num_classes)
+                for label in labels.unique().tolist()
             }
         results[sampler] = figures
     return {
@@ -171,6 +172,7 @@ def sample_metrics(
         "num_samples": num_samples,
         "num_real_images": len(real_pixel_values),
         "seed": seed,
+        "temperature": temperature,
         "neighbours": neighbours,
         "feature_dim": real_features.shape[1],
         "seconds": round(time.perf_counter() - started, 2),

@@ -144,6 +144,12 @@ def test_evaluate_sample_metrics_end_to_end(tmp_path, capsys):
     assert list(both) == ["prior", "gmm"] and "precision" not in both["gmm"]
     assert both["prior"]["frechet_distance"] == figures["frechet_distance"]
 
+    # A colder draw is another sample set, and the report says which temperature it used.
+    assert cli([*command, "--sample_temperature", "0.5"]) == 0
+    cold = json.loads((tmp_path / "evaluation.json").read_text())["sample_metrics"]
+    assert cold["temperature"] == 0.5 and report["temperature"] == 1.0
+    assert cold["samplers"]["prior"]["frechet_distance"] != figures["frechet_distance"]
+
 
 def test_sample_metrics_needs_a_dataset(capsys):
     options = ["--image_folder", "x", "--anomaly_scores_output", "s.csv", "--sample_metrics"]

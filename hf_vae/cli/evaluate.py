@@ -86,12 +86,18 @@ class EvaluationArguments:
     precision_recall_k: int = field(
         default=3, metadata={"help": "k of the k-NN manifolds of precision and recall (0: skip them)."}
     )
+    sample_temperature: float = field(
+        default=1.0,
+        metadata={"help": "Temperature of the samples of --sample_metrics (`sample(temperature=)`); 1: the model."},
+    )
 
     def __post_init__(self) -> None:
         if self.dataset_name is None and self.image_folder is None:
             raise ValueError("Nothing to evaluate: pass --dataset_name (and --split) or --image_folder DIR.")
         if self.image_folder is not None and self.anomaly_scores_output is None:
             raise ValueError("--image_folder scores images: pass --anomaly_scores_output FILE.csv for the scores.")
+        if not self.sample_temperature > 0:
+            raise ValueError(f"--sample_temperature must be positive, got {self.sample_temperature}.")
         if min(self.iwae_samples, self.elbo_samples, self.per_device_eval_batch_size) < 1:
             raise ValueError("--iwae_samples, --elbo_samples and --per_device_eval_batch_size must be at least 1.")
         if self.sample_metrics and self.dataset_name is None:
@@ -167,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             args.generated_samples,
             args.seed,
             neighbours=args.precision_recall_k or None,
+            temperature=args.sample_temperature,
         )
         report["feature_network"] = args.feature_network or "pretrained/mnist-classifier"
         report["command"] = shlex.join(["hf-vae", "evaluate", *(sys.argv[2:] if argv is None else argv)])

@@ -1,17 +1,15 @@
 """Configuration of hf-vae's hierarchical VAE (several stochastic layers, top-down inference).
 
-Copied next to the weights by `save_pretrained` for `trust_remote_code`: it imports nothing from the rest of the
-package.
+Copied next to the weights by `save_pretrained` for `trust_remote_code`, with its sibling `configuration_utils.py`.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import field
 from typing import Any
 
-from transformers import PretrainedConfig
+from .configuration_utils import HfVaeConfig, check_positive_int_list
 
 ARCHITECTURES = ("mlp", "conv")
 LIKELIHOODS = ("bernoulli", "discretized_logistic")
@@ -52,13 +50,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _positive_int_list(name: str, value: Any) -> None:
-    items_ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
-    if not items_ok or not value:
-        raise ValueError(f"`{name}` must be a non-empty list of positive integers, got {value!r}.")
-
-
-class HVAEConfig(PretrainedConfig):
+class HVAEConfig(HfVaeConfig):
     r"""Configuration of an [`HVAEModel`]: a hierarchy of Gaussian latents z_1 (bottom) ... z_L (top) with top-down
     inference (Ladder VAE, Sønderby et al. 2016; NVAE, Vahdat & Kautz 2020).
 
@@ -91,6 +83,7 @@ class HVAEConfig(PretrainedConfig):
     """
 
     model_type = "hf_hvae"
+    presets = PRESETS
 
     architecture: str = "mlp"
     image_size: int = 28
@@ -128,9 +121,9 @@ class HVAEConfig(PretrainedConfig):
         ):
             if value not in allowed:
                 raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}.")
-        _positive_int_list("latent_dims", self.latent_dims)
-        _positive_int_list("hidden_sizes", self.hidden_sizes)
-        _positive_int_list("conv_channels", self.conv_channels)
+        check_positive_int_list("latent_dims", self.latent_dims)
+        check_positive_int_list("hidden_sizes", self.hidden_sizes)
+        check_positive_int_list("conv_channels", self.conv_channels)
         if not isinstance(self.num_res_blocks, int) or isinstance(self.num_res_blocks, bool) or self.num_res_blocks < 0:
             raise ValueError(f"`num_res_blocks` must be an integer >= 0, got {self.num_res_blocks!r}.")
         if len(self.latent_dims) < 2:
@@ -184,20 +177,7 @@ class HVAEConfig(PretrainedConfig):
             f"normalization={self.normalization!r}, likelihood={self.likelihood!r}, prior={self.prior!r}"
         )
 
-    @classmethod
-    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs: Any):
-        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
-        if not config_dict:
-            raise OSError(f"{pretrained_model_name_or_path!s} has no config.json: the model's architecture is unknown.")
-        return config_dict, kwargs
 
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> HVAEConfig:
-        if name not in PRESETS:
-            raise ValueError(f"Unknown preset {name!r}; available presets: {sorted(PRESETS)}.")
-        values = copy.deepcopy(PRESETS[name])
-        values.update(overrides)
-        return cls(**values)
 
 
 __all__ = ["HVAEConfig", "PRESETS", "PRIORS"]

@@ -1,19 +1,23 @@
 """Configuration of hf-vae's Variational Autoencoder.
 
 This file is copied next to the weights by `save_pretrained` so that
-`AutoConfig.from_pretrained(..., trust_remote_code=True)` works without hf-vae installed:
-it must import nothing from the rest of the package.
+`AutoConfig.from_pretrained(..., trust_remote_code=True)` works without hf-vae installed: it imports only its
+sibling `configuration_utils.py`, which is copied with it.
 """
 
 from __future__ import annotations
 
-import copy
-import math
-import os
 from dataclasses import field
 from typing import Any
 
-from transformers import PretrainedConfig
+from .configuration_utils import (
+    HfVaeConfig,
+    check_one_of,
+    check_positive_int,
+    check_positive_int_list,
+    is_int,
+    is_number,
+)
 
 ARCHITECTURES = ("mlp", "conv")
 LIKELIHOODS = ("bernoulli", "discretized_logistic")
@@ -85,30 +89,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}.")
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if not _is_int(value) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-
-
-def _positive_int_list(name: str, value: Any) -> None:
-    if not isinstance(value, list) or not value or not all(_is_int(item) and item > 0 for item in value):
-        raise ValueError(f"`{name}` must be a non-empty list of positive integers, got {value!r}.")
-
-
-class VAEConfig(PretrainedConfig):
+class VAEConfig(HfVaeConfig):
     r"""Configuration of a [`VAEModel`]: architecture, latent space, likelihood and loss weights.
 
     Every field is validated on construction: a bad value raises `ValueError` naming the field, the value and
@@ -167,6 +148,7 @@ class VAEConfig(PretrainedConfig):
     """
 
     model_type = "hf_vae"
+    presets = PRESETS
 
     architecture: str = "mlp"
     image_size: int = 28
@@ -197,39 +179,39 @@ class VAEConfig(PretrainedConfig):
         super().__post_init__(**kwargs)
 
     def _validate_fields(self) -> None:
-        _one_of("architecture", self.architecture, ARCHITECTURES)
-        _one_of("likelihood", self.likelihood, LIKELIHOODS)
-        _one_of("binarize", self.binarize, BINARIZATIONS)
-        _one_of("activation", self.activation, ACTIVATIONS)
-        _one_of("prior", self.prior, PRIORS)
-        _positive_int("image_size", self.image_size)
-        _positive_int("num_channels", self.num_channels)
-        _positive_int("latent_dim", self.latent_dim)
-        _positive_int_list("hidden_sizes", self.hidden_sizes)
-        _positive_int_list("conv_channels", self.conv_channels)
-        if not _is_int(self.num_res_blocks) or self.num_res_blocks < 0:
+        check_one_of("architecture", self.architecture, ARCHITECTURES)
+        check_one_of("likelihood", self.likelihood, LIKELIHOODS)
+        check_one_of("binarize", self.binarize, BINARIZATIONS)
+        check_one_of("activation", self.activation, ACTIVATIONS)
+        check_one_of("prior", self.prior, PRIORS)
+        check_positive_int("image_size", self.image_size)
+        check_positive_int("num_channels", self.num_channels)
+        check_positive_int("latent_dim", self.latent_dim)
+        check_positive_int_list("hidden_sizes", self.hidden_sizes)
+        check_positive_int_list("conv_channels", self.conv_channels)
+        if not is_int(self.num_res_blocks) or self.num_res_blocks < 0:
             raise ValueError(f"`num_res_blocks` must be an integer >= 0, got {self.num_res_blocks!r}.")
         if not isinstance(self.use_batch_norm, bool):
             raise ValueError(f"`use_batch_norm` must be true or false, got {self.use_batch_norm!r}.")
         if self.normalization is not None:
-            _one_of("normalization", self.normalization, NORMALIZATIONS)
+            check_one_of("normalization", self.normalization, NORMALIZATIONS)
         if self.architecture == "conv":
             self._validate_conv_geometry()
-        if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
+        if not is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"`dropout` must be a probability in [0, 1), got {self.dropout!r}.")
-        if not _is_number(self.beta) or self.beta < 0:
+        if not is_number(self.beta) or self.beta < 0:
             raise ValueError(f"`beta` must be a finite number >= 0, got {self.beta!r}.")
-        if not _is_number(self.free_bits) or self.free_bits < 0:
+        if not is_number(self.free_bits) or self.free_bits < 0:
             raise ValueError(
                 f"`free_bits` must be a finite number >= 0 (nats per latent unit), got {self.free_bits!r}."
             )
-        _positive_int("num_importance_samples", self.num_importance_samples)
+        check_positive_int("num_importance_samples", self.num_importance_samples)
         if self.num_importance_samples > 1 and self.free_bits > 0:
             raise ValueError(
                 f"`free_bits` ({self.free_bits!r}) applies to the ELBO only, but `num_importance_samples` is "
                 f"{self.num_importance_samples}: set free_bits to 0 or num_importance_samples to 1."
             )
-        _positive_int("num_pseudo_inputs", self.num_pseudo_inputs)
+        check_positive_int("num_pseudo_inputs", self.num_pseudo_inputs)
         if self.prior != "standard_normal" and self.free_bits > 0:
             raise ValueError(
                 f"`free_bits` ({self.free_bits!r}) needs the KL per latent unit in closed form, which only the "
@@ -240,7 +222,7 @@ class VAEConfig(PretrainedConfig):
                 "The VampPrior mixes the encoder's posteriors at unlabelled pseudo-inputs, so it does not apply to a "
                 f"conditional model (num_classes={self.num_classes}): use prior='standard_normal' or drop num_classes."
             )
-        if self.num_classes is not None and (not _is_int(self.num_classes) or self.num_classes < 2):
+        if self.num_classes is not None and (not is_int(self.num_classes) or self.num_classes < 2):
             raise ValueError(
                 f"`num_classes` must be None (unconditional) or an integer >= 2, got {self.num_classes!r}."
             )
@@ -280,35 +262,12 @@ class VAEConfig(PretrainedConfig):
             return self.normalization
         return "batch" if self.use_batch_norm else "none"
 
-    @classmethod
-    def get_config_dict(
-        cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """As in transformers, but a folder or repo without `config.json` is an error: transformers would fall back
-        to the default config and could load the weights into a network that merely has the same shapes (wrong
-        beta, binarisation, ...)."""
-        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
-        if not config_dict:
-            raise OSError(
-                f"{pretrained_model_name_or_path!s} has no config.json, so the VAE's architecture is unknown. Load a "
-                "folder written by `save_pretrained` (it writes config.json next to model.safetensors), or pass the "
-                "config explicitly: `VAEModel.from_pretrained(path, config=VAEConfig(...))`."
-            )
-        return config_dict, kwargs
 
     @property
     def num_pixels(self) -> int:
         """Number of values in one image, C * H * W."""
         return self.num_channels * self.image_size * self.image_size
 
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> VAEConfig:
-        """Build a config from a named preset (see `PRESETS`), with any field overridden."""
-        if name not in PRESETS:
-            raise ValueError(f"Unknown preset {name!r}; available presets: {sorted(PRESETS)}.")
-        values = copy.deepcopy(PRESETS[name])
-        values.update(overrides)
-        return cls(**values)
 
 
 __all__ = ["VAEConfig", "PRESETS", "PRIORS"]

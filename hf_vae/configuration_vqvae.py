@@ -1,17 +1,15 @@
 """Configuration of hf-vae's VQ-VAE (discrete latents on a grid, van den Oord et al. 2017).
 
-Copied next to the weights by `save_pretrained` for `trust_remote_code`: it imports nothing from the rest of the
-package.
+Copied next to the weights by `save_pretrained` for `trust_remote_code`, with its sibling `configuration_utils.py`.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import field
 from typing import Any
 
-from transformers import PretrainedConfig
+from .configuration_utils import HfVaeConfig
 
 LIKELIHOODS = ("bernoulli", "discretized_logistic")
 BINARIZATIONS = ("none", "dynamic", "static")
@@ -41,7 +39,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class VQVAEConfig(PretrainedConfig):
+class VQVAEConfig(HfVaeConfig):
     r"""Configuration of a [`VQVAEModel`]: a conv encoder to a grid of `embedding_dim`-vectors, each replaced by the
     nearest of `codebook_size` codebook entries, and a conv decoder from the quantised grid.
 
@@ -64,6 +62,7 @@ class VQVAEConfig(PretrainedConfig):
     """
 
     model_type = "hf_vqvae"
+    presets = PRESETS
 
     image_size: int = 28
     num_channels: int = 1
@@ -159,20 +158,7 @@ class VQVAEConfig(PretrainedConfig):
             f"image_size={self.image_size}, num_channels={self.num_channels}, likelihood={self.likelihood!r}"
         )
 
-    @classmethod
-    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs: Any):
-        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
-        if not config_dict:
-            raise OSError(f"{pretrained_model_name_or_path!s} has no config.json: the model's architecture is unknown.")
-        return config_dict, kwargs
 
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> VQVAEConfig:
-        if name not in PRESETS:
-            raise ValueError(f"Unknown preset {name!r}; available presets: {sorted(PRESETS)}.")
-        values = copy.deepcopy(PRESETS[name])
-        values.update(overrides)
-        return cls(**values)
 
 
 __all__ = ["VQVAEConfig", "PRESETS"]

@@ -446,7 +446,8 @@ def test_collect_files_leaves_out_local_only_files(tmp_path):
     (folder / "runs" / "events" / "log").write_text("tensorboard")
     files = {path.as_posix() for path in collect_files(folder)}
     code = {"configuration_vae.py", "modeling_vae.py", "modeling_utils.py", "layers.py", "distributions.py",
-            "priors.py", "likelihoods.py", "estimators.py", "image_processing_vae.py"}  # fmt: skip
+            "priors.py", "likelihoods.py", "estimators.py", "image_processing_vae.py",
+            "configuration_utils.py"}  # fmt: skip
     assert files == {
         "config.json", "preprocessor_config.json", "model.safetensors", "metrics.csv", "training_args.json",
         "train_results.json", "eval_results.json", "evaluation.json", *PICTURES, "runs/events/log", *code,

@@ -101,7 +101,7 @@ def test_save_pretrained_writes_config_safetensors_and_code(saved):
     # The weights, the config, the image processor, the generated card, and the model's and processor's code with
     # every sibling module it imports (what `trust_remote_code` needs).
     code = {"configuration_vae.py", "modeling_vae.py", "modeling_utils.py", "layers.py", "distributions.py"}
-    code |= {"priors.py", "likelihoods.py", "estimators.py", "image_processing_vae.py"}
+    code |= {"priors.py", "likelihoods.py", "estimators.py", "image_processing_vae.py", "configuration_utils.py"}
     assert names == {"config.json", "preprocessor_config.json", "model.safetensors", "README.md", *code}
     assert not [name for name in names if name.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
 

@@ -1,6 +1,9 @@
-"""What several commands share: the model argument (positional or `--model`) and the device."""
+"""What several commands share: the model argument (positional or `--model`), the device, and loading the model
+and a dataset split from the parsed options."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from .arguments import UsageError
 
@@ -56,3 +59,29 @@ def configure_logging() -> None:
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_warning()
     datasets.utils.logging.disable_progress_bar()
+
+
+def load_model_from_args(args: Any, device: str) -> Any:
+    """The model of `args.model` (`args.revision`), any family, on `device`, with logging set up for the command."""
+    configure_logging()
+    from .. import register_families
+    from ..evaluation import load_model
+
+    register_families()
+    return load_model(args.model, args.revision, device)
+
+
+def load_split_from_args(args: Any, config: Any) -> Any:
+    """The split the dataset options of `args` name, decoded for `config` (size, channels)."""
+    from ..evaluation import load_split
+
+    return load_split(
+        args.dataset_name,
+        config,
+        args.split,
+        args.dataset_config_name,
+        args.image_column,
+        args.label_column,
+        args.max_samples,
+        args.cache_dir,
+    )

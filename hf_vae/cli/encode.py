@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .arguments import build_parser, parse
-from .common import configure_logging, model_argument, resolve_device
+from .common import load_model_from_args, model_argument, resolve_device
 
 
 @dataclass
@@ -46,13 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     args.model = model_argument(args.model, namespace.model_path, parser.prog)
     device = resolve_device(args.device)
 
-    configure_logging()
-    from .. import register_families
+    model = load_model_from_args(args, device)
     from ..codes import encode_dataset
-    from ..evaluation import load_model
 
-    register_families()
-    model = load_model(args.model, args.revision, device)
     encoded = encode_dataset(
         model,
         args.dataset_name,

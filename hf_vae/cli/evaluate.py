@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .arguments import build_parser, parse
-from .common import configure_logging, model_argument, resolve_device
+from .common import load_model_from_args, load_split_from_args, model_argument, resolve_device
 
 DEFAULT_MAX_BATCH_ELEMENTS = 2**23  # hf_vae.estimators.DEFAULT_MAX_BATCH_ELEMENTS, without importing torch
 
@@ -120,25 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     args.model = model_argument(args.model, namespace.model_path, parser.prog)
     device = resolve_device(args.device)
 
-    configure_logging()
-    from .. import register_families
-    from ..evaluation import evaluate_model, format_summary, load_model, load_split, run_anomaly_scoring
+    model = load_model_from_args(args, device)
+    from ..evaluation import evaluate_model, format_summary, run_anomaly_scoring
 
-    register_families()
-    model = load_model(args.model, args.revision, device)
     data = None
     results: dict[str, Any] = {}
     if args.dataset_name is not None:
-        data = load_split(
-            args.dataset_name,
-            model.config,
-            args.split,
-            args.dataset_config_name,
-            args.image_column,
-            args.label_column,
-            args.max_samples,
-            args.cache_dir,
-        )
+        data = load_split_from_args(args, model.config)
     if data is not None and args.image_folder is None:
         results = {
             "model": args.model,

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 
 from .arguments import UsageError, build_parser, parse
-from .common import configure_logging, model_argument, resolve_device
+from .common import load_model_from_args, load_split_from_args, model_argument, resolve_device
 
 
 @dataclass
@@ -57,24 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     device = resolve_device(args.device)
 
-    configure_logging()
-    from .. import register_families
-    from ..evaluation import load_model, load_split
+    model = load_model_from_args(args, device)
     from ..latent_samplers import fit_gmm_sampler
     from ..modeling_utils import GMM_SAMPLER_FILE
 
-    register_families()
-    model = load_model(args.model, args.revision, device)
-    data = load_split(
-        args.dataset_name,
-        model.config,
-        args.split,
-        args.dataset_config_name,
-        args.image_column,
-        args.label_column,
-        args.max_samples,
-        args.cache_dir,
-    )
+    data = load_split_from_args(args, model.config)
     source = f"{args.dataset_name} {args.split} ({len(data)} images)"
     report = fit_gmm_sampler(model, data, args.num_components, args.seed, source=source)
     if args.output_dir is None:

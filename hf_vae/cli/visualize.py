@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .arguments import UsageError, build_parser, parse
-from .common import configure_logging, model_argument, resolve_device
+from .common import load_model_from_args, load_split_from_args, model_argument, resolve_device
 
 
 @dataclass
@@ -45,23 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--metrics_csv {args.metrics_csv!r} is not a file.")
     device = resolve_device(args.device)
 
-    configure_logging()
-    from .. import register_families
-    from ..evaluation import load_model, load_split
+    model = load_model_from_args(args, device)
     from ..visualization import _find_metrics, command_caption, save_figures
 
-    register_families()
-    model = load_model(args.model, args.revision, device)
-    data = load_split(
-        args.dataset_name,
-        model.config,
-        args.split,
-        args.dataset_config_name,
-        args.image_column,
-        args.label_column,
-        args.max_samples,
-        args.cache_dir,
-    )
+    data = load_split_from_args(args, model.config)
     metrics_csv = args.metrics_csv or _find_metrics(args.model, args.revision)
     caption = command_caption(args.model, args.revision)
     paths = save_figures(model, data, args.output_dir, metrics_csv, args.seed, caption=caption)

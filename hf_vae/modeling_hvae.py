@@ -177,22 +177,23 @@ class HVAEModel(HVAEPreTrainedModel):
         logits = self.decoder(latents.reshape(count * batch, -1), None)
         return -self.likelihood.nll(logits.view(count, batch, *logits.shape[1:]), pixel_values), logits
 
-    def _layer_kls(self, path: _Path, count: int, batch: int) -> list[torch.Tensor]:
+    def _layer_kls(self, path: _Path, count: int, batch: int, log_prior_top: torch.Tensor) -> list[torch.Tensor]:
         """Per layer (bottom first), the closed-form KL of the posterior to its conditional prior, (K, B): exact for the
-        top layer (estimated at the drawn z_L for the VampPrior), and exact given the drawn z_{l+1} below it."""
+        top layer (estimated at the drawn z_L, log q - `log_prior_top`, for the VampPrior), and exact given the drawn
+        z_{l+1} below it."""
         kls = []
         for posterior, prior in zip(path.posteriors, path.priors, strict=True):
             if prior is None and not self.top_prior.has_closed_form_kl:
-                kls.append(self.top_prior.kl(posterior, path.latents[-1]))
+                kls.append(posterior.log_prob(path.latents[-1]) - log_prior_top)
             elif prior is None:
                 kls.append(posterior.kl().expand(count, batch))
             else:
                 kls.append(posterior.kl(prior).view(count, batch))
         return kls
 
-    def _log_ratio(self, path: _Path, count: int, batch: int) -> torch.Tensor:
+    def _log_ratio(self, path: _Path, count: int, batch: int, log_prior_top: torch.Tensor) -> torch.Tensor:
         """sum over layers of log p(z_l | z_{l+1}) - log q(z_l | x, z_{l+1}), (K, B)."""
-        total = self.top_prior.log_prob(path.latents[-1]) - path.posteriors[-1].log_prob(path.latents[-1])
+        total = log_prior_top - path.posteriors[-1].log_prob(path.latents[-1])
         for latents, posterior, prior in zip(path.latents[:-1], path.posteriors[:-1], path.priors[:-1], strict=True):
             flat = latents.reshape(count * batch, -1)
             total = total + (prior.log_prob(flat) - posterior.log_prob(flat)).view(count, batch)
@@ -237,12 +238,14 @@ class HVAEModel(HVAEPreTrainedModel):
         count = self.config.num_importance_samples if sample_posterior else 1
         path = self._top_down(pixel_values, count, generator, sample=sample_posterior)
         log_px_z, logits = self._log_px_z(path.latents[0], pixel_values)
-        layer_kls = self._layer_kls(path, count, batch)
+        # Once per step: for the VampPrior this encodes every pseudo-input, as costly as a second batch.
+        log_prior_top = self.top_prior.log_prob(path.latents[-1])
+        layer_kls = self._layer_kls(path, count, batch, log_prior_top)
         weight = self.config.beta * kl_weight
         reconstruction = -log_px_z.mean(0)
         kl = torch.stack(layer_kls).sum(0).mean(0)
         if count > 1:
-            loss = -iwae_bound(log_px_z + weight * self._log_ratio(path, count, batch))
+            loss = -iwae_bound(log_px_z + weight * self._log_ratio(path, count, batch, log_prior_top))
         else:
             loss = reconstruction + weight * kl
         terms = {"recon_loss": reconstruction, "kl_loss": kl}
@@ -278,9 +281,10 @@ class HVAEModel(HVAEPreTrainedModel):
         batch = pixel_values.shape[0]
         path = self._top_down(pixel_values, num_samples, generator, sample=True)
         log_px_z, _ = self._log_px_z(path.latents[0], pixel_values)
+        log_prior_top = self.top_prior.log_prob(path.latents[-1])
         if for_elbo:
-            return log_px_z - torch.stack(self._layer_kls(path, num_samples, batch)).sum(0)
-        return log_px_z + self._log_ratio(path, num_samples, batch)
+            return log_px_z - torch.stack(self._layer_kls(path, num_samples, batch, log_prior_top)).sum(0)
+        return log_px_z + self._log_ratio(path, num_samples, batch, log_prior_top)
 
     @in_eval_mode
     def sample(

@@ -79,6 +79,7 @@ from .training_setup import (
     check_output_dir,
     check_world_size,
     compiled_for_training,
+    denormals_flushed,
     in_training_layout,
     load_data,
     tracker_config,
@@ -96,6 +97,11 @@ PLAIN_OPTIMIZER_BACKENDS = (DistributedType.NO, DistributedType.MULTI_CPU, Distr
 
 def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict[str, Any]:
     """Train, evaluate and write everything to `args.output_dir`; return the train results."""
+    with denormals_flushed(args.flush_denormal):
+        return _train(model_args, data_args, args)
+
+
+def _train(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict[str, Any]:
     run_started = time.perf_counter()
     args = resolve_defaults(model_args, args)
     output_dir = Path(args.output_dir)

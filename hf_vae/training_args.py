@@ -178,6 +178,13 @@ class TrainingArguments:
         default=None, metadata={"help": "Mixed precision; default: accelerate's config / launcher setting."}
     )
     use_cpu: bool = field(default=False, metadata={"help": "Train on CPU even when a GPU is available."})
+    flush_denormal: bool = field(
+        default=True,
+        metadata={
+            "help": "On a CPU, flush subnormal floats to zero (`torch.set_flush_denormal`): the CPU computes with them "
+            "in slow microcode, and as gradients shrink they can double a step's time. Values below 1e-38 become 0."
+        },
+    )
     torch_compile: bool = field(
         default=False,
         metadata={

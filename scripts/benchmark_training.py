@@ -105,6 +105,7 @@ class ReferenceRun:
 
 
 def run_reference(train_set: Dataset, val_set: Dataset, epochs: int, seed: int) -> dict:
+    torch.set_flush_denormal(False)  # as the tutorial runs; our loop turns it on (--flush_denormal) in this process
     run = ReferenceRun(train_set, val_set, seed)
     rows = [run.epoch() for _ in range(epochs)]
     train_seconds = sum(row["train_seconds"] for row in rows)

@@ -22,7 +22,7 @@ from test_training import REPO, TINY, make_dataset, subprocess_env
 from hf_vae import VAEConfig, VAEModel
 from hf_vae.cli import main as cli_main
 from hf_vae.data import IN_MEMORY_ENV, load_splits
-from hf_vae.training_setup import in_training_layout
+from hf_vae.training_setup import denormals_are_flushed, denormals_flushed, in_training_layout
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -56,6 +56,21 @@ def test_torch_compile_trains_and_saves_the_uncompiled_weights(digits, tmp_path)
     assert names and not [name for name in names if "_orig_mod" in name]
     model = VAEModel.from_pretrained(output_dir)  # strict: every weight name matches the uncompiled module's
     assert set(model.state_dict()) == set(names)
+
+
+def test_denormals_are_flushed_for_the_run_and_the_callers_setting_restored(digits, tmp_path):
+    subnormal = torch.tensor([1e-39])
+    assert subnormal.item() != 0 and not denormals_are_flushed()
+    with denormals_flushed(True):
+        assert (subnormal * 1.0).item() == 0.0  # computed as zero: no slow microcode path
+    assert (subnormal * 1.0).item() != 0.0
+    with denormals_flushed(False):
+        assert not denormals_are_flushed()
+    code = train_here(
+        "--dataset_name", str(digits), *TINY, "--max_steps", "2", "--output_dir", str(tmp_path / "run"),
+        "--checkpointing_steps", "no", "--skip_figures",
+    )  # fmt: skip
+    assert code == 0 and not denormals_are_flushed()  # an in-process run leaves the caller's arithmetic alone
 
 
 # ---------------------------------------------------------------------------------------------- data larger than memory

@@ -52,6 +52,7 @@ from .data import (
     tensor_batches,
     to_pixel_values,
 )
+from .denormals import denormals_flushed
 from .evaluation import per_image_figures
 from .families import load_pretrained
 from .interrupts import interrupts_at_step_boundaries
@@ -79,7 +80,6 @@ from .training_setup import (
     check_output_dir,
     check_world_size,
     compiled_for_training,
-    denormals_flushed,
     in_training_layout,
     load_data,
     tracker_config,

@@ -3,7 +3,6 @@ preset or continued from a saved folder), and the hyper-parameters given to trac
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -50,25 +49,6 @@ def in_training_layout(model: torch.nn.Module, device: torch.device) -> torch.nn
     if has_conv and device.type == "cpu":
         return model.to(memory_format=torch.channels_last)
     return model
-
-
-def denormals_are_flushed() -> bool:
-    """Whether this thread's CPU arithmetic flushes subnormal floats to zero (torch has a setter only)."""
-    return (torch.tensor([1e-39]) * 1.0).item() == 0.0
-
-
-@contextlib.contextmanager
-def denormals_flushed(enabled: bool):
-    """Flush subnormal floats to zero on the CPU for the run, then restore what the caller had: x86 CPUs compute with
-    subnormals in slow microcode, and the small gradients of a long run produce them (the VampPrior hierarchical VAE's
-    step took twice as long without this). A no-op where the CPU has no such mode."""
-    previous = denormals_are_flushed()
-    if enabled:
-        torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(previous)
 
 
 def compiled_for_training(model: torch.nn.Module, args: TrainingArguments) -> torch.nn.Module:

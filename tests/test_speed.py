@@ -22,7 +22,8 @@ from test_training import REPO, TINY, make_dataset, subprocess_env
 from hf_vae import VAEConfig, VAEModel
 from hf_vae.cli import main as cli_main
 from hf_vae.data import IN_MEMORY_ENV, load_splits
-from hf_vae.training_setup import denormals_are_flushed, denormals_flushed, in_training_layout
+from hf_vae.denormals import denormals_are_flushed, denormals_flushed
+from hf_vae.training_setup import in_training_layout
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

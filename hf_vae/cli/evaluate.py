@@ -90,6 +90,10 @@ class EvaluationArguments:
         default=1.0,
         metadata={"help": "Temperature of the samples of --sample_metrics (`sample(temperature=)`); 1: the model."},
     )
+    flush_denormal: bool = field(
+        default=True,
+        metadata={"help": "On a CPU, flush subnormal floats to zero for the run (faster; see hf_vae/denormals.py)."},
+    )
 
     def __post_init__(self) -> None:
         if self.dataset_name is None and self.image_folder is None:
@@ -118,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model_path", nargs="?", metavar="MODEL", help="the model (or pass --model)")
     (args,), namespace = parse(parser, argv)
     args.model = model_argument(args.model, namespace.model_path, parser.prog)
+    from ..denormals import denormals_flushed
+
+    with denormals_flushed(args.flush_denormal):
+        return _evaluate(args, argv)
+
+
+def _evaluate(args: EvaluationArguments, argv: list[str] | None) -> int:
     device = resolve_device(args.device)
 
     model = load_model_from_args(args, device)

@@ -26,6 +26,8 @@ from .training_setup import TrainingSetupError
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
+# With --streaming, where each process's stream was (`ImageStream.state_dict()`), one file per process.
+STREAM_STATE_FILE = "stream_state_{}.json"
 # Version of the checkpoint layout. 1: hf-vae 0.1's (no version field), whose loop state is laid out as this one's;
 # a checkpoint from a newer hf-vae is refused with its version named.
 CHECKPOINT_FORMAT = 1
@@ -238,9 +240,16 @@ def load_checkpoint(accelerator: Accelerator, folder: Path) -> LoopState:
     return state
 
 
-def save_checkpoint(accelerator: Accelerator, state: LoopState, output_dir: Path, save_total_limit: int | None) -> Path:
-    """`accelerator.save_state` into a staging folder, then the loop state, then one atomic rename; then the oldest
-    checkpoints beyond `save_total_limit` are removed."""
+def save_checkpoint(
+    accelerator: Accelerator,
+    state: LoopState,
+    output_dir: Path,
+    save_total_limit: int | None,
+    stream_state: dict[str, Any] | None = None,
+) -> Path:
+    """`accelerator.save_state` into a staging folder (with each process's `stream_state` when training on a
+    stream), then the loop state, then one atomic rename; then the oldest checkpoints beyond `save_total_limit` are
+    removed."""
     root = output_dir / CHECKPOINTS_DIR
     final = root / f"checkpoint-{state.global_step}"
     staging = root / f".staging-checkpoint-{state.global_step}"
@@ -249,6 +258,9 @@ def save_checkpoint(accelerator: Accelerator, state: LoopState, output_dir: Path
         staging.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging))
+    if stream_state is not None:
+        path = staging / STREAM_STATE_FILE.format(accelerator.process_index)
+        path.write_text(json.dumps(stream_state, default=_json_number) + "\n")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (staging / STATE_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n")
@@ -260,6 +272,45 @@ def save_checkpoint(accelerator: Accelerator, state: LoopState, output_dir: Path
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _json_number(value: Any) -> int | float:
+    """numpy scalars, which `datasets` may leave in a stream's state."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def check_stream_checkpoint(folder: Path, streaming: bool) -> None:
+    """Refuse, before the run writes anything, to resume a --streaming run's checkpoint without --streaming or the
+    other way round: their loop states count epochs differently."""
+    written_streaming = (folder / STREAM_STATE_FILE.format(0)).is_file()
+    if written_streaming != streaming:
+        raise CheckpointError(
+            f"{folder} was written by a run {'with' if written_streaming else 'without'} --streaming; resume it "
+            f"{'with' if written_streaming else 'without'} --streaming, with the options of the run that wrote it (its "
+            "training_args.json), or start again with --overwrite_output_dir."
+        )
+
+
+def restore_stream_state(folder: Path, process_index: int, stream: Any) -> None:
+    """Continue `stream` (an `ImageStream`) from where this process's stream was when `folder` was saved, or raise a
+    `CheckpointError` naming what is wrong."""
+    path = folder / STREAM_STATE_FILE.format(process_index)
+    if not path.is_file():
+        raise CheckpointError(
+            f"{folder} holds no stream position for process {process_index} ({path.name}): it was written by a run "
+            "with fewer processes. Resume it with the options of the run that wrote it (its training_args.json), or "
+            "start again with --overwrite_output_dir."
+        )
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+        stream.load_state_dict(values)
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, RecursionError) as error:
+        raise CheckpointError(
+            f"{path} does not fit this run ({error}): resume with the options of the run that wrote it (its "
+            "training_args.json), or start again with --overwrite_output_dir."
+        ) from None
 
 
 def remove_stale_staging(output_dir: Path) -> None:
@@ -284,12 +335,15 @@ __all__ = [
     "CHECKPOINTS_DIR",
     "CHECKPOINT_FORMAT",
     "STATE_FILE",
+    "STREAM_STATE_FILE",
     "CheckpointError",
     "LoopState",
     "check_checkpoint_folder",
+    "check_stream_checkpoint",
     "checkpoint_folders",
     "load_checkpoint",
     "read_loop_state",
+    "restore_stream_state",
     "remove_stale_staging",
     "resolve_checkpoint",
     "save_checkpoint",

@@ -222,9 +222,11 @@ def _is_save_to_disk_folder(path: Path) -> bool:
     return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
 
 
-def _load_dataset(name: str, config_name: str | None, cache_dir: str | None) -> datasets.DatasetDict:
+def _load_dataset(
+    name: str, config_name: str | None, cache_dir: str | None, streaming: bool = False
+) -> datasets.DatasetDict | datasets.IterableDatasetDict:
     try:
-        return datasets.load_dataset(name, config_name, cache_dir=cache_dir)
+        return datasets.load_dataset(name, config_name, cache_dir=cache_dir, streaming=streaming)
     except ValueError as error:
         # `datasets` refuses a split whose data files hold no rows before we see it.
         if "corresponds to no data" not in str(error):
@@ -260,18 +262,29 @@ def _load_local_dataset(path: Path, config_name: str | None, cache_dir: str | No
 
 
 def load_image_dataset(
-    dataset_name: str, dataset_config_name: str | None = None, cache_dir: str | None = None
-) -> datasets.DatasetDict:
+    dataset_name: str, dataset_config_name: str | None = None, cache_dir: str | None = None, streaming: bool = False
+) -> datasets.DatasetDict | datasets.IterableDatasetDict:
     """Load a `DatasetDict` from a Hub id, a local folder laid out like a Hub dataset repo, or a
-    `save_to_disk` folder, with errors that say how to fix the call."""
+    `save_to_disk` folder, with errors that say how to fix the call. With `streaming=True`, an `IterableDatasetDict`
+    read as it is iterated (`load_dataset(..., streaming=True)`; a `save_to_disk` folder, memory-mapped anyway, is
+    iterated through `to_iterable_dataset`)."""
     path = Path(dataset_name).expanduser()
     if path.exists():
-        return _load_local_dataset(path, dataset_config_name, cache_dir)
+        if streaming and not _is_save_to_disk_folder(path):
+            return _load_dataset(str(path), dataset_config_name, cache_dir, streaming=True)
+        loaded = _load_local_dataset(path, dataset_config_name, cache_dir)
+        if streaming:
+            # Shards let each pass shuffle their order and let processes split them (`split_dataset_by_node`).
+            shards = {name: max(1, min(len(split), SAVED_SPLIT_SHARDS)) for name, split in loaded.items()}
+            return datasets.IterableDatasetDict(
+                {name: split.to_iterable_dataset(num_shards=shards[name]) for name, split in loaded.items()}
+            )
+        return loaded
     if dataset_name.startswith((".", "/", "~")):
         where = "" if path.is_absolute() else f" (in {Path.cwd()})"
         raise DataError(f"No dataset folder {dataset_name!r}{where}: check the path, or pass a Hub dataset id.")
     try:
-        return _load_dataset(dataset_name, dataset_config_name, cache_dir)
+        return _load_dataset(dataset_name, dataset_config_name, cache_dir, streaming)
     except (ConnectionError, OSError, TimeoutError) as error:
         if datasets.config.HF_HUB_OFFLINE:
             reason = "offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and it is not in the local cache"
@@ -284,6 +297,9 @@ def load_image_dataset(
             "`--dataset_name /path/to/mnist` (a folder laid out like the Hub repo, such as a `git clone` of "
             "ylecun/mnist, or a `save_to_disk` folder)."
         ) from error
+
+
+SAVED_SPLIT_SHARDS = 16
 
 
 def _columns_of_type(features: datasets.Features, feature_type: type) -> list[str]:

@@ -7,13 +7,15 @@ finish (test figures, pictures, card, push). Run it as `hf-vae train ...`, `pyth
 (`modeling_utils`): `forward` gives `loss` and `loss_terms`, which become the metrics.csv columns.
 
 It is built for speed on small models, where per-step overheads rival the matrix products: batches are sliced from
-uint8 tensors decoded once (`hf_vae.data`), Adam is fused, and losses stay on the device until they are read every
+uint8 tensors decoded once (`hf_vae.data`; with --streaming, decoded from a `datasets` stream as they come:
+`hf_vae.streaming`), Adam is fused, and losses stay on the device until they are read every
 `--logging_steps` steps (which is also when they are checked for NaN).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import shutil
@@ -35,14 +37,17 @@ from .checkpointing import (
     CHECKPOINTS_DIR,
     LoopState,
     check_checkpoint_folder,
+    check_stream_checkpoint,
     load_checkpoint,
     read_loop_state,
     remove_stale_staging,
     resolve_checkpoint,
+    restore_stream_state,
     save_checkpoint,
     save_model_atomically,
 )
 from .data import (
+    DataError,
     ImageTensorDataset,
     ImageTensors,
     binarization_seed,
@@ -61,6 +66,7 @@ from .training_args import (
     DataArguments,
     ModelArguments,
     TrainingArguments,
+    check_streaming_arguments,
     resolve_defaults,
     save_arguments,
 )
@@ -104,6 +110,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
 def _train(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict[str, Any]:
     run_started = time.perf_counter()
     args = resolve_defaults(model_args, args)
+    check_streaming_arguments(model_args, data_args, args)
+    streaming = data_args.streaming
     output_dir = Path(args.output_dir)
 
     # 1. Set-up: one Accelerator for the launch (processes, device, precision, trackers); refuse a launch whose
@@ -126,6 +134,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: TrainingA
     if resume_from is not None:  # a damaged checkpoint is refused before this run writes anything
         check_checkpoint_folder(resume_from)
         read_loop_state(resume_from)
+        check_stream_checkpoint(resume_from, streaming)
     if args.resume_from_checkpoint == "latest" and resume_from is None:
         if is_main:
             logger.warning(f"No complete checkpoint in {output_dir / CHECKPOINTS_DIR}: starting from scratch.")
@@ -142,6 +151,13 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: TrainingA
     config = model.config
     check_data(splits, config)
     train_data = splits.train
+    if streaming:
+        train_data.num_classes = config.num_classes  # each streamed batch's labels are checked against it
+    if streaming and config.binarize == "static":
+        raise DataError(
+            "The model's config has binarize='static', one fixed binarisation of the whole train split, which a "
+            "stream never holds: pass --binarize dynamic (a fresh draw per batch) with --streaming."
+        )
     if config.binarize == "static":
         train_data = ImageTensors(binarize_statically(train_data.images, args.seed), train_data.labels)
     validation = evaluation_images(splits.validation, config.binarize, args.seed)
@@ -156,13 +172,15 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: TrainingA
 
     # 3. Loaders with their own generators (iterating them must not consume the global RNG that dropout and the
     # posterior draws use, or a resumed run would drift from an uninterrupted one), the optimiser and the schedule.
-    train_loader = DataLoader(
-        ImageTensorDataset(train_data),
-        batch_size=args.per_device_train_batch_size,
-        shuffle=True,
-        collate_fn=collate_batch,
-        generator=torch.Generator().manual_seed(args.seed),
-    )
+    train_loader = None
+    if not streaming:
+        train_loader = DataLoader(
+            ImageTensorDataset(train_data),
+            batch_size=args.per_device_train_batch_size,
+            shuffle=True,
+            collate_fn=collate_batch,
+            generator=torch.Generator().manual_seed(args.seed),
+        )
     eval_loader = DataLoader(
         ImageTensorDataset(validation),
         batch_size=args.per_device_eval_batch_size,
@@ -178,14 +196,22 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: TrainingA
         accelerator.device,
     )
 
-    # 4. Prepare for the launch (DDP wrapping, device placement, sharded loaders).
-    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    # 4. Prepare for the launch (DDP wrapping, device placement, sharded loaders; a stream is split by
+    # `split_dataset_by_node` instead, and its batches are put on the device as they are decoded).
+    if streaming:
+        model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
+    else:
+        model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     unwrapped = accelerator.unwrap_model(model)
     # The training step may run compiled; validation, checkpoints and the saved model use the module itself, so
     # saved weight names carry no `_orig_mod.` prefix.
     step_model = compiled_for_training(model, args)
-    batches_per_epoch = len(train_loader)
-    steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
+    if streaming:  # no epoch length: an "epoch" is --eval_steps steps (Keras' steps_per_epoch), the run --max_steps
+        steps_per_epoch = min(args.eval_steps or args.max_steps, args.max_steps)
+        batches_per_epoch = steps_per_epoch * args.gradient_accumulation_steps
+    else:
+        batches_per_epoch = len(train_loader)
+        steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
     max_steps = args.max_steps if args.max_steps > 0 else args.num_train_epochs * steps_per_epoch
     num_epochs = math.ceil(max_steps / steps_per_epoch)
     metric_scheduler = args.lr_scheduler_type in METRIC_SCHEDULERS
@@ -198,6 +224,8 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: TrainingA
     state = LoopState(kl_weight=kl_weight_at(0, args.kl_warmup_steps))
     if resume_from is not None:
         state = load_checkpoint(accelerator, resume_from)
+        if streaming:
+            restore_stream_state(resume_from, accelerator.process_index, train_data)
         if is_main:
             logger.info(f"Resumed from {resume_from}: epoch {state.epoch + 1}, step {state.global_step}.")
     last_checkpoint = resume_from
@@ -219,7 +247,16 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: TrainingA
         disable=not is_main or args.disable_tqdm or not sys.stderr.isatty(),
         dynamic_ncols=True,
     )
-    if is_main:
+    stream = train_data.batches(args.per_device_train_batch_size, accelerator.device) if streaming else None
+    if is_main and streaming:
+        buffer = f"shuffled in a buffer of {train_data.buffer_size}" if train_data.buffer_size else "in stream order"
+        logger.info(
+            f"Training on a stream of {data_args.dataset_name} ({buffer}, batches of "
+            f"{args.per_device_train_batch_size} per process, {accelerator.num_processes} process(es), "
+            f"{accelerator.device}) for {max_steps} optimiser steps, validating on {len(validation)} images every "
+            f"{steps_per_epoch} steps."
+        )
+    elif is_main:
         logger.info(
             f"Training on {len(train_data)} images ({batches_per_epoch} batches of "
             f"{args.per_device_train_batch_size} per process, {accelerator.num_processes} process(es), "
@@ -251,7 +288,8 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: TrainingA
         check_finite_weights(unwrapped, state.global_step, state.epoch)
         state.epoch_sums = losses.epoch_totals()
         state.epoch_time = time.perf_counter() - epoch_started if state.step_in_epoch else 0.0
-        return save_checkpoint(accelerator, state, output_dir, args.save_total_limit)
+        stream_state = train_data.state_dict() if streaming else None
+        return save_checkpoint(accelerator, state, output_dir, args.save_total_limit, stream_state)
 
     # 6. Epochs of training steps. Validation, checkpoints and pictures are timed apart, so that the reported speed
     # is that of the training steps alone.
@@ -269,10 +307,13 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: TrainingA
             epoch_started = time.perf_counter() - state.epoch_time
             best_before = state.best_val_loss
             model.train()
-            train_loader.set_epoch(epoch)
-            batches = train_loader
-            if state.step_in_epoch:  # resumed mid-epoch: skip the batches already trained on
-                batches = accelerator.skip_first_batches(train_loader, state.step_in_epoch)
+            if streaming:  # the stream goes on where it is (restored from the checkpoint when resumed)
+                batches = itertools.islice(stream, batches_per_epoch - state.step_in_epoch)
+            else:
+                train_loader.set_epoch(epoch)
+                batches = train_loader
+                if state.step_in_epoch:  # resumed mid-epoch: skip the batches already trained on
+                    batches = accelerator.skip_first_batches(train_loader, state.step_in_epoch)
             checkpoint_at_epoch_end = checkpoint_every is None and args.checkpointing_steps == "epoch"
             learning_rate = step_optimizer.param_groups[0]["lr"]
             for batch in batches:
@@ -354,8 +395,9 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: TrainingA
             if is_main:
                 write_metrics(output_dir / "metrics.csv", state.history)
                 terms = " | ".join(f"{name}: {value:.4f}" for name, value in list(train_metrics.items())[1:])
+                label = f"Step {state.global_step:6d}" if streaming else f"Epoch {epoch + 1:3d}"
                 tqdm.write(
-                    f"Epoch {epoch + 1:3d} | Total Loss: {train_metrics['loss']:.4f} | {terms} | "
+                    f"{label} | Total Loss: {train_metrics['loss']:.4f} | {terms} | "
                     f"Val Loss: {val_metrics['loss']:.4f} | LR: {learning_rate:.2e} | Time: {epoch_time:.2f}s"
                 )
             accelerator.log(
@@ -402,7 +444,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: TrainingA
             "device": str(accelerator.device),
             "mixed_precision": accelerator.mixed_precision,
             "resumed_from_checkpoint": str(resume_from) if resume_from else None,
-            "train_images": len(train_data),
+            "train_images": None if streaming else len(train_data),
             "train_samples_seen": images_total,
             "train_runtime": round(train_runtime, 3),
             "training_steps_seconds": round(training_seconds, 3),
@@ -415,6 +457,9 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: TrainingA
             "weights_identical_across_processes": weights_identical,
             "parameters_checksum": checksums[0].tolist(),
         }
+        if streaming:
+            results.update(streaming=True, stream_shuffle_buffer_size=train_data.buffer_size)
+            results["stream_passes_started"] = train_data.epoch + 1
         results = _finish(args, output_dir, splits, accelerator.device, state, results, run_started)
     accelerator.wait_for_everyone()
     accelerator.end_training()

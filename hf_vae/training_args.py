@@ -18,6 +18,11 @@ import yaml
 
 from .cli.arguments import UsageError, build_parser, parse
 
+DEFAULT_VALIDATION_SPLIT = 0.1
+# With --streaming (hf_vae/streaming.py): the shuffle buffer (datasets' `IterableDataset.shuffle`) and the number of
+# validation / test images decoded into memory when --max_eval_samples is not given.
+DEFAULT_SHUFFLE_BUFFER_SIZE = 10_000
+DEFAULT_STREAMING_EVAL_SAMPLES = 10_000
 REPORT_TO = ("none", "all", "tensorboard", "wandb", "comet_ml", "mlflow", "aim", "clearml", "dvclive", "swanlab")
 # transformers' `SchedulerType` values (checked against it when the options are used).
 LR_SCHEDULERS = (
@@ -125,15 +130,56 @@ class DataArguments:
     label_column: str | None = field(
         default=None, metadata={"help": "Column holding class labels (auto-detected; needed for --num_classes)."}
     )
-    validation_split: float = field(
-        default=0.1,
-        metadata={"help": "Fraction of train held out (seeded) for validation when there is no validation split."},
+    validation_split: float | None = field(
+        default=None,
+        metadata={
+            "help": f"Fraction of train held out (seeded) for validation when there is no validation split (default: "
+            f"{DEFAULT_VALIDATION_SPLIT}). Not with --streaming, which validates on the dataset's own split."
+        },
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Train on the first N training images."})
     max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Use the first N validation (and test) images, for quick runs."}
+        default=None,
+        metadata={
+            "help": "Use the first N validation (and test) images, for quick runs. With --streaming they are read "
+            f"from the stream and decoded into memory once (default: {DEFAULT_STREAMING_EVAL_SAMPLES})."
+        },
     )
     cache_dir: str | None = field(default=None, metadata={"help": "Where `datasets` caches downloads."})
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read the training images from a `datasets` stream (`load_dataset(..., streaming=True)`) as "
+            "training goes, for datasets too large to download or decode whole. Shuffles only within "
+            "--shuffle_buffer_size images (reshuffled every pass); has no epoch length, so --max_steps is required "
+            "and validation happens every --eval_steps steps; validates on the first --max_eval_samples images of "
+            "the dataset's validation split (else its test split)."
+        },
+    )
+    shuffle_buffer_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "With --streaming: images held in the shuffle buffer (default: "
+            f"{DEFAULT_SHUFFLE_BUFFER_SIZE}); 0 reads the stream in its own order, and makes resumed runs exact."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        _require(
+            self.shuffle_buffer_size is None or self.shuffle_buffer_size >= 0,
+            f"--shuffle_buffer_size must be >= 0, got {self.shuffle_buffer_size}.",
+        )
+        _require(
+            self.streaming or self.shuffle_buffer_size is None,
+            "--shuffle_buffer_size applies to --streaming only (the in-memory path shuffles the whole split); add "
+            "--streaming or drop it.",
+        )
+        _require(
+            not self.streaming or self.validation_split is None,
+            "--validation_split holds out a fraction of train, which needs its length: a stream has none. Drop it; "
+            "with --streaming, validation uses the first --max_eval_samples images of the dataset's validation split "
+            "(else its test split).",
+        )
 
 
 @dataclass
@@ -326,6 +372,21 @@ def resolve_defaults(model_args: ModelArguments, training_args: TrainingArgument
     return dataclasses.replace(training_args, **unset) if unset else training_args
 
 
+def check_streaming_arguments(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> None:
+    """Refuse, before anything is read, the options a stream cannot honour (`ValueError`, one line naming the fix)."""
+    if not data_args.streaming:
+        return
+    _require(
+        args.max_steps > 0,
+        "--streaming has no epoch length, so it needs --max_steps N (the number of optimiser steps to train for).",
+    )
+    _require(
+        model_args.binarize != "static",
+        "--binarize static draws one fixed binarisation of the whole train split, which a stream never holds; use "
+        "--binarize dynamic (a fresh draw per batch) with --streaming.",
+    )
+
+
 def parse_args(argv: list[str] | None = None) -> ArgumentTuple:
     """Parse flags, or a `.json` / `.yaml` file holding the same names (such as a run's `training_args.json` or a
     recipe in `configs/`) followed by any flags, which override the file's values
@@ -352,6 +413,10 @@ def parse_args(argv: list[str] | None = None) -> ArgumentTuple:
             raise UsageError(f"{error} (options read from {argv[0]} and the flags after it)") from None
     else:
         (model_args, data_args, training_args), _ = parse(parser, argv)
+    try:
+        check_streaming_arguments(model_args, data_args, training_args)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     return model_args, data_args, resolve_defaults(model_args, training_args)
 
 
@@ -465,6 +530,7 @@ __all__ = [
     "ModelArguments",
     "TrainingArguments",
     "arguments_to_dict",
+    "check_streaming_arguments",
     "parse_args",
     "resolve_defaults",
     "save_arguments",

@@ -14,7 +14,14 @@ from accelerate import Accelerator
 
 from .data import DataError, ImageDataSplits, ImageTensors, check_matches_config, load_splits
 from .families import config_from_preset, load_pretrained, model_class, presets
-from .training_args import DataArguments, ModelArguments, TrainingArguments
+from .training_args import (
+    DEFAULT_SHUFFLE_BUFFER_SIZE,
+    DEFAULT_STREAMING_EVAL_SAMPLES,
+    DEFAULT_VALIDATION_SPLIT,
+    DataArguments,
+    ModelArguments,
+    TrainingArguments,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -85,14 +92,18 @@ def load_data(
     data_args: DataArguments, model_args: ModelArguments, seed: int, accelerator: Accelerator
 ) -> ImageDataSplits:
     """Decoded splits, resized / converted when --image_size / --num_channels are given. The main process decodes
-    first so that the others read its cache."""
+    first so that the others read its cache. With --streaming the train split is this process's `ImageStream`
+    (`hf_vae.streaming`) and the validation and test splits their first --max_eval_samples images."""
+    if data_args.streaming:
+        return _load_streaming_data(data_args, model_args, seed, accelerator)
+    validation_split = data_args.validation_split
     with accelerator.main_process_first():
         splits = load_splits(
             data_args.dataset_name,
             data_args.dataset_config_name,
             image_column=data_args.image_column,
             label_column=data_args.label_column,
-            validation_split=data_args.validation_split,
+            validation_split=DEFAULT_VALIDATION_SPLIT if validation_split is None else validation_split,
             seed=seed,
             image_size=model_args.image_size,
             num_channels=model_args.num_channels,
@@ -105,6 +116,33 @@ def load_data(
         if splits.test is not None:
             splits.test = _first(splits.test, data_args.max_eval_samples)
     return splits
+
+
+def _load_streaming_data(
+    data_args: DataArguments, model_args: ModelArguments, seed: int, accelerator: Accelerator
+) -> ImageDataSplits:
+    from .streaming import load_streaming_splits
+
+    for count in (data_args.max_train_samples, data_args.max_eval_samples):
+        if count is not None and count < 1:
+            raise DataError(f"--max_train_samples / --max_eval_samples must be at least 1, got {count}.")
+    buffer_size = data_args.shuffle_buffer_size
+    with accelerator.main_process_first():
+        return load_streaming_splits(
+            data_args.dataset_name,
+            data_args.dataset_config_name,
+            image_column=data_args.image_column,
+            label_column=data_args.label_column,
+            seed=seed,
+            image_size=model_args.image_size,
+            num_channels=model_args.num_channels,
+            cache_dir=data_args.cache_dir,
+            shuffle_buffer_size=DEFAULT_SHUFFLE_BUFFER_SIZE if buffer_size is None else buffer_size,
+            max_train_samples=data_args.max_train_samples,
+            eval_samples=data_args.max_eval_samples or DEFAULT_STREAMING_EVAL_SAMPLES,
+            rank=accelerator.process_index,
+            world_size=accelerator.num_processes,
+        )
 
 
 def _first(data: ImageTensors, count: int) -> ImageTensors:

@@ -10,6 +10,7 @@ that speed is compared at equal accuracy per epoch.
     python scripts/benchmark_training.py --epochs 2 --rounds 2
     python scripts/benchmark_training.py --epochs 2 --rounds 2 --compare_on_disk   # + ours reading batches from file
     python scripts/benchmark_training.py --whole_process --epochs 10               # whole processes, wall clock
+    python scripts/benchmark_training.py --compare_streaming --steps 300 --rounds 2 # in memory against --streaming
 
 Samples/second count the training steps only (not validation); with `--torch_compile` they include the first
 step's compiling, which is printed apart. The rounds alternate reference and ours, so that a
@@ -20,6 +21,8 @@ batch (`HF_VAE_IN_MEMORY_MAX_BYTES=0`, as for a split larger than memory) and pr
 in-memory run. `--whole_process` times two whole processes instead, start-up and data loading included: the reference
 loop (`--reference_process`: import, load MNIST, train and validate every epoch) against `hf-vae train --preset
 mnist-2d --num_train_epochs N` with its defaults (test evaluation, pictures and model card at the end included).
+`--compare_streaming` times ours alone for `--steps` steps, in memory against `--streaming` (batches read from the
+Parquet file through `datasets`' shuffle buffer and decoded with PIL as training goes), alternating in each round.
 """
 
 from __future__ import annotations
@@ -161,6 +164,52 @@ def run_ours(dataset_name: str, epochs: int, seed: int, extra: dict, on_disk: bo
     }
 
 
+def run_steps(dataset_name: str, steps: int, seed: int, streaming: bool) -> dict:
+    """Ours for `steps` steps of mnist-2d (batch 128, Adam 1e-3), in memory or from the stream, one validation at the
+    end (1,000 images, so that it weighs the same in both)."""
+    with tempfile.TemporaryDirectory(prefix="hf-vae-bench-") as output_dir:
+        training_args = TrainingArguments(
+            output_dir=output_dir,
+            max_steps=steps,
+            per_device_train_batch_size=128,
+            learning_rate=1e-3,
+            lr_scheduler_type="constant",
+            seed=seed,
+            checkpointing_steps="no",
+            skip_figures=True,
+            disable_tqdm=True,
+        )
+        data_args = DataArguments(dataset_name=dataset_name, streaming=streaming, max_eval_samples=1000)
+        results = train(ModelArguments(preset="mnist-2d"), data_args, training_args)
+    return {
+        "samples_per_second": results["train_samples_per_second"],
+        "train_seconds": results["training_steps_seconds"],
+        "total_wall_time": results["total_wall_time"],
+        "final_val_loss": results["final_val_loss"],
+    }
+
+
+def compare_streaming(args: argparse.Namespace) -> dict:
+    runs: dict[str, list[dict]] = {"in_memory": [], "streaming": []}
+    for round_index in range(args.rounds):
+        for name in runs:
+            runs[name].append(run_steps(args.dataset_name, args.steps, args.seed, streaming=name == "streaming"))
+            run = runs[name][-1]
+            print(
+                f"round {round_index + 1} {name:<9}: {run['samples_per_second']:.0f} samples/s over {args.steps} steps "
+                f"({run['train_seconds']:.2f} s of steps, {run['total_wall_time']:.2f} s in all; val loss "
+                f"{run['final_val_loss']:.2f})",
+                flush=True,
+            )
+    best = {name: max(run["samples_per_second"] for run in values) for name, values in runs.items()}
+    ratio = best["streaming"] / best["in_memory"]
+    print(
+        f"train samples/s, best of {args.rounds}: in memory {best['in_memory']:.0f}, streaming {best['streaming']:.0f} "
+        f"(streaming / in memory: {ratio:.3f})"
+    )
+    return {"runs": runs, "best": best, "streaming_over_in_memory": ratio}
+
+
 # ---------------------------------------------------------------------------------------------- whole processes
 def reference_process(dataset_name: str, epochs: int, seed: int) -> None:
     """The reference tutorial as one process: load MNIST, then train and validate every epoch, printing each."""
@@ -227,6 +276,10 @@ def main() -> None:
     parser.add_argument("--torch_compile", action="store_true", help="Also pass --torch_compile to our loop.")
     parser.add_argument("--compare_on_disk", action="store_true", help="Also run ours reading batches from file.")
     parser.add_argument("--whole_process", action="store_true", help="Time whole processes instead (wall clock).")
+    parser.add_argument(
+        "--compare_streaming", action="store_true", help="Time ours in memory against --streaming instead."
+    )
+    parser.add_argument("--steps", type=int, default=300, help="Steps per run of --compare_streaming.")
     parser.add_argument("--reference_process", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--output", default=None, help="Write the figures as JSON here.")
     args = parser.parse_args()
@@ -235,8 +288,8 @@ def main() -> None:
     if args.reference_process:
         reference_process(args.dataset_name, args.epochs, args.seed)
         return
-    if args.whole_process:
-        figures = whole_processes(args)
+    if args.whole_process or args.compare_streaming:
+        figures = whole_processes(args) if args.whole_process else compare_streaming(args)
         if args.output:
             Path(args.output).write_text(json.dumps(figures, indent=2))
         return

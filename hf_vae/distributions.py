@@ -47,8 +47,11 @@ class DiagonalGaussian:
         return self.mean + self.std * standard_normal(shape, self.mean, generator)
 
     def log_prob(self, latents: torch.Tensor) -> torch.Tensor:
-        """log N(latents; mean, var) summed over the last dimension; `latents` may carry extra leading dimensions."""
-        return -0.5 * ((latents - self.mean).pow(2) * torch.exp(-self.logvar) + self.logvar + _LOG_2PI).sum(-1)
+        """log N(latents; mean, var) summed over the last dimension; `latents` may carry extra leading dimensions.
+        The residual is scaled by 1/std before squaring: 1/var overflows float32 once logvar < -88 (a narrow posterior
+        the network extrapolates to from an outlying draw above it), and 0 * inf would make the weight NaN."""
+        standardized = (latents - self.mean) * torch.exp(-0.5 * self.logvar)
+        return -0.5 * (standardized.pow(2) + self.logvar + _LOG_2PI).sum(-1)
 
     def kl_per_dimension(self, other: DiagonalGaussian | None = None) -> torch.Tensor:
         """KL(self || other) per latent dimension, in closed form; `other=None` is N(0, I)."""

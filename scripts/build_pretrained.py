@@ -51,6 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep the trained model and its train command (build.json); train the prior again, redraw, evaluate",
     )
+    parser.add_argument(
+        "--evaluate_only",
+        type=float,
+        default=None,
+        metavar="TRAIN_SECONDS",
+        help="keep the model an interrupted build trained, give its train command's wall time, evaluate and card it",
+    )
     args = parser.parse_args(argv)
 
     recipe = Path("configs") / f"{args.name}.json"
@@ -67,11 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.prior_only:
         previous = json.loads((REPO_ROOT / model_dir / "build.json").read_text())
         train_seconds = previous["train_command_seconds"]
+    elif args.evaluate_only is not None:
+        train_seconds = args.evaluate_only
     else:
         train_seconds = _run(train)
     prior_recipe = REPO_ROOT / "configs" / f"{args.name}-prior.json"
     prior_seconds = None
-    if prior_recipe.is_file():
+    if prior_recipe.is_file() and args.evaluate_only is None:
         options = json.loads(prior_recipe.read_text())
         train_prior = [*hf_vae, "train-prior", "--model", str(model_dir), "--dataset_name", args.dataset_name]
         for key, value in options.items():

@@ -134,3 +134,17 @@ def test_mixture_of_gaussians_log_prob_sampling_and_training():
     assert all(parameter.grad.abs().sum() > 0 for parameter in (prior.means, prior.logvars, prior.logits))
     # Independent of the encoder: a conditional model may use it.
     VAEConfig(prior="mog", num_classes=10)
+
+
+def test_a_very_narrow_gaussian_scores_its_own_draws_finitely():
+    """A hierarchical model's head can extrapolate to logvar < -88 from an outlying draw above it: 1/var then
+    overflows float32, and an unstandardised residual made that IWAE weight NaN (seen in a K = 5000 evaluation)."""
+    generator = torch.Generator().manual_seed(0)
+    mean = torch.randn(4, 8, generator=generator)
+    logvar = torch.full((4, 8), -95.0)
+    narrow = DiagonalGaussian(mean, logvar)
+    draws = narrow.sample(generator)
+    log_prob = narrow.log_prob(draws)
+    expected = Independent(Normal(mean.double(), (0.5 * logvar.double()).exp()), 1).log_prob(draws.double())
+    assert torch.isfinite(log_prob).all()
+    assert torch.allclose(log_prob.double(), expected, rtol=1e-4)

@@ -160,7 +160,20 @@ def test_weights_reproduce_the_committed_negative_elbo(model_dir, mnist_dir):
         ]
     )
     assert len(negative_elbo) == evaluation["num_images"] == 10_000
-    assert abs(negative_elbo.mean().item() - evaluation["negative_elbo"]) < 0.2
+    # Other draws: Monte Carlo noise, under 0.2 nats for most models; an IWAE-trained model with a broad posterior
+    # (mnist-hvae-vamp) has a heavy-tailed ELBO, so the bound follows the committed figure's standard error.
+    assert abs(negative_elbo.mean().item() - evaluation["negative_elbo"]) < max(
+        0.2, 3 * evaluation["standard_errors"]["negative_elbo"]
+    )
+    with torch.no_grad():  # no draws at all: the loss at the posterior means is reproduced exactly
+        at_mode = torch.cat(
+            [
+                model(batch, None if labels is None else labels[i : i + 1000], sample_posterior=False,
+                      reduction="none").loss
+                for i, batch in zip(range(0, len(pixels), 1000), pixels.split(1000), strict=True)
+            ]
+        )  # fmt: skip
+    assert at_mode.double().mean().item() == pytest.approx(evaluation["reference_style_loss_posterior_mean"], abs=1e-3)
 
 
 def test_one_command_evaluates_a_model_from_the_clone(tmp_path, mnist_dir):

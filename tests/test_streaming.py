@@ -18,13 +18,12 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from PIL import Image
 from safetensors.torch import load_file
+from test_speed import train_here
 
 from hf_vae import VAEModel
 from hf_vae.checkpointing import CHECKPOINTS_DIR, STATE_FILE
-from hf_vae.cli import main as cli_main
 from hf_vae.streaming import load_streaming_splits
 
 TRAIN_ROWS, TEST_ROWS, SIZE = 300, 50, 12
@@ -85,15 +84,6 @@ def passes(train, batches, count: int) -> list[list[int]]:
         if len(grouped) > count:
             return [grouped[index] for index in sorted(grouped)[:count]]
     raise AssertionError("the stream ended")
-
-
-def train_here(*args: str) -> int:
-    """`hf-vae train` in this process, with accelerate's process-wide state reset afterwards."""
-    try:
-        return cli_main(["train", *args])
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
 
 
 def read_metrics(output_dir: Path) -> list[dict[str, str]]:

@@ -45,6 +45,23 @@ MNIST = Path(__file__).resolve().parents[2] / "shared" / "mnist"
 REQUIRE_REAL_DATA_ENV = "HF_VAE_REQUIRE_REAL_DATA"
 
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under `pytest -n N` the workers already fill the cores: a worker's torch (and each subprocess it starts) on more
+    # than one thread would oversubscribe them, and threads that spin-wait for each other then crawl.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
+
+# The longest test files, started first: under `pytest -n 2 --dist loadfile` a long file left to the end runs alone on
+# one core while the other idles.
+FIRST = ("test_readme.py", "test_training.py", "test_hub.py", "test_demo_browser.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: position for position, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: the order within a file is kept
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_HF_HOME, ignore_errors=True)
 

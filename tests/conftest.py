@@ -54,7 +54,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 # The longest test files, started first: under `pytest -n 2 --dist loadfile` a long file left to the end runs alone on
 # one core while the other idles.
-FIRST = ("test_readme.py", "test_training.py", "test_hub.py", "test_demo_browser.py")
+FIRST = ("test_readme.py", "test_readme_others.py", "test_training.py", "test_hub.py", "test_demo_browser.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

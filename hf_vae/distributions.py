@@ -25,14 +25,19 @@ def standard_normal(
 class DiagonalGaussian:
     """N(mean, diag(exp(logvar))) over the last dimension; batch dimensions in front.
 
-    `sample` is reparameterised (mean + std * eps), so gradients flow to `mean` and `logvar`.
+    `sample` is reparameterised (mean + std * eps), so gradients flow to `mean` and `logvar`. The parameters are held
+    in float32 at least: under bf16 autocast the heads that compute them return bf16, whose 8-bit mantissa would round
+    a 784-pixel model's log-densities to the nearest half nat. Draws are float32 too, so that log q(z) is exact at the
+    very point the decoder reads (autocast rounds its input); a bf16 model casts them to its dtype where its layers
+    read them.
     """
 
     def __init__(self, mean: torch.Tensor, logvar: torch.Tensor):
         if mean.shape != logvar.shape:
             raise ValueError(f"mean {tuple(mean.shape)} and logvar {tuple(logvar.shape)} must have the same shape.")
-        self.mean = mean
-        self.logvar = logvar
+        dtype = torch.promote_types(mean.dtype, torch.float32)
+        self.mean = mean.to(dtype)
+        self.logvar = logvar.to(dtype)
 
     @property
     def std(self) -> torch.Tensor:

@@ -52,12 +52,15 @@ class BernoulliLikelihood:
     def nll(self, params: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
         """The binary cross-entropy with logits, summed per image, as softplus(l) - x l (exact for any x in [0, 1]).
         Over K samples per image the x l term is a matrix product with the images, not an elementwise pass over K
-        copies of them; for one sample per image an elementwise product is faster (a batch of 1 x D products is not)."""
+        copies of them; for one sample per image an elementwise product is faster (a batch of 1 x D products is not).
+        Computed in float32 at least, outside autocast, which would run the product in bf16."""
         logits = params.flatten(-3)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         targets = pixel_values.flatten(-3).to(logits.dtype)
         if logits.numel() == targets.numel():
             return F.softplus(logits).sum(-1) - (logits * targets).sum(-1)
-        return F.softplus(logits).sum(-1) - torch.einsum("...bd,bd->...b", logits, targets)
+        with torch.autocast(logits.device.type, enabled=False):
+            return F.softplus(logits).sum(-1) - torch.einsum("...bd,bd->...b", logits, targets)
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(params)

@@ -162,7 +162,7 @@ class HVAEModel(HVAEPreTrainedModel):
         z = top.sample(generator, num_samples) if sample else top.mode().expand(num_samples, -1, -1)
         latents, posteriors, priors = [z], [top], [None]
         for level in reversed(range(len(self.config.latent_dims) - 1)):
-            top_down = self.top_down[level](z.reshape(num_samples * batch, -1))
+            top_down = self.top_down[level](z.reshape(num_samples * batch, -1).to(self.dtype))
             prior = _gaussian(self.prior_heads[level](top_down))
             bottom_up = features[level].expand(num_samples, -1, -1).reshape(num_samples * batch, -1)
             posterior = _gaussian(self.posterior_heads[level](torch.cat([bottom_up, top_down], dim=-1)))
@@ -174,7 +174,7 @@ class HVAEModel(HVAEPreTrainedModel):
 
     def _log_px_z(self, latents: torch.Tensor, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         count, batch = latents.shape[:2]
-        logits = self.decoder(latents.reshape(count * batch, -1), None)
+        logits = self.decoder(latents.reshape(count * batch, -1).to(self.dtype), None)
         return -self.likelihood.nll(logits.view(count, batch, *logits.shape[1:]), pixel_values), logits
 
     def _layer_kls(self, path: _Path, count: int, batch: int, log_prior_top: torch.Tensor) -> list[torch.Tensor]:
@@ -324,7 +324,7 @@ class HVAEModel(HVAEPreTrainedModel):
         shows what each level of the hierarchy decides."""
         z = top_latents.to(device=self.device, dtype=self.dtype)
         for level in reversed(range(len(self.config.latent_dims) - 1)):
-            prior = _gaussian(self.prior_heads[level](self.top_down[level](z)))
+            prior = _gaussian(self.prior_heads[level](self.top_down[level](z.to(self.dtype))))
             z = prior.mean + prior.std * lower_noise[level].to(prior.mean)
         return self.decode(z).images
 

@@ -243,7 +243,7 @@ class VAEModel(VAEPreTrainedModel):
         """log p(x|z) for (K, B, D) latents, (K, B), and the decoder output for all K * B of them."""
         count, batch = latents.shape[:2]
         flat_condition = None if condition is None else condition.repeat(count, 1)
-        logits = self.decoder(latents.reshape(count * batch, -1), flat_condition)
+        logits = self.decoder(latents.reshape(count * batch, -1).to(self.dtype), flat_condition)
         return -self.likelihood.nll(logits.view(count, batch, *logits.shape[1:]), pixel_values), logits
 
     def reconstruction_nll(self, logits: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -63,15 +63,17 @@ class GaussianMixturePrior(nn.Module):
 
     def log_prob(self, latents: torch.Tensor) -> torch.Tensor:
         """log sum_k w_k N(z; mean_k, var_k), over the last dimension. The squared distances are expanded into matrix
-        products, so that memory grows as latents x K, not latents x K x latent_dim."""
+        products, so that memory grows as latents x K, not latents x K x latent_dim. The expansion cancels terms, so it
+        runs in float32 at least, outside autocast (in bf16 its error would be whole nats)."""
         components = self.components()
-        flat = latents.reshape(-1, latents.shape[-1])
+        flat = latents.reshape(-1, latents.shape[-1]).to(components.mean.dtype)
         inverse_var = torch.exp(-components.logvar)  # (K, D)
-        quadratic = (
-            flat.pow(2) @ inverse_var.T
-            - 2 * flat @ (components.mean * inverse_var).T
-            + (components.mean.pow(2) * inverse_var).sum(-1)
-        )
+        with torch.autocast(flat.device.type, enabled=False):
+            quadratic = (
+                flat.pow(2) @ inverse_var.T
+                - 2 * flat @ (components.mean * inverse_var).T
+                + (components.mean.pow(2) * inverse_var).sum(-1)
+            )
         log_components = -0.5 * (quadratic + components.logvar.sum(-1) + latents.shape[-1] * _LOG_2PI)
         log_weights = self.log_mixture_weights(len(components.mean), log_components)
         return torch.logsumexp(log_components + log_weights, dim=-1).view(latents.shape[:-1])

@@ -52,12 +52,14 @@ def _broadcast(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def squared_distances(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """(N, K) ||z_n - e_k||^2, as ||z||^2 - 2 z.e + ||e||^2 in one matrix product."""
-    return (
-        vectors.pow(2).sum(1, keepdim=True)
-        - 2 * vectors @ codebook.t()
-        + codebook.pow(2).sum(1).unsqueeze(0)
-    )
+    """(N, K) ||z_n - e_k||^2, as ||z||^2 - 2 z.e + ||e||^2 in one matrix product, outside autocast: the expansion
+    cancels terms, and in bf16 near-ties between codes would be settled by rounding."""
+    with torch.autocast(vectors.device.type, enabled=False):
+        return (
+            vectors.pow(2).sum(1, keepdim=True)
+            - 2 * vectors @ codebook.t()
+            + codebook.pow(2).sum(1).unsqueeze(0)
+        )
 
 
 def kmeans(
@@ -140,6 +142,7 @@ class VectorQuantizer(nn.Module):
         initialisation (once), the EMA update and the dead-code restarts, after the assignment (the returned codes are
         those before the update)."""
         update = self.training if update is None else update and self.training
+        vectors = vectors.to(torch.promote_types(vectors.dtype, self.embedding.dtype))  # bf16 under autocast
         if update and not bool(self.initialized):
             self._initialise_by_kmeans(vectors.detach())
         indices = self.nearest(vectors.detach())

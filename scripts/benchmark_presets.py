@@ -11,10 +11,13 @@ several, measured again after every round and the best kept, so that a moment of
 
 Variants of the step (`--variants`): `eager` (the model as built), `channels_last` (weights and activations in
 NHWC, as `hf-vae train` runs convolutional models on a CPU), `compile` (`torch.compile` of the model, as
-`--torch_compile`) and `compile_channels_last`. For compiled variants the first step's time, mostly compiling (or
-loading the compiled code from inductor's on-disk cache: run twice to see both), is printed apart from the
-steady-state speed. With `--rounds N` the variants are timed in turn N times and each keeps its best round, so that a
-machine shared with other work slows them alike.
+`--torch_compile`) and `compile_channels_last`; each of them with `bf16` in its name runs the forward under bf16
+autocast, as `--mixed_precision bf16` does (weights, gradients and the optimiser stay fp32). With a bf16 variant the
+bf16 matmul rate is measured too, and a second ratio, to it, is printed: on a CPU with AMX tiles bf16 products run
+several times faster than fp32 ones, so the fp32 ratio alone would flatter a bf16 step. For compiled variants the
+first step's time, mostly compiling (or loading the compiled code from inductor's on-disk cache: run twice to see
+both), is printed apart from the steady-state speed. With `--rounds N` the variants are timed in turn N times and
+each keeps its best round, so that a machine shared with other work slows them alike.
 """
 
 from __future__ import annotations
@@ -28,12 +31,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hf_vae.families import config_from_preset, model_class, presets
 
-VARIANTS = ("eager", "channels_last", "compile", "compile_channels_last")
+VARIANTS = (
+    "eager", "channels_last", "compile", "compile_channels_last",
+    "bf16", "bf16_channels_last", "compile_bf16", "compile_bf16_channels_last",
+)  # fmt: skip
 
 
-def matmul_gflops(size: int = 1024, repeats: int = 20) -> float:
-    """The machine's fp32 matmul rate: the best of `repeats` timed products of two size x size matrices."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_gflops(size: int = 1024, repeats: int = 20, dtype: torch.dtype = torch.float32) -> float:
+    """The machine's matmul rate in `dtype`: the best of `repeats` timed products of two size x size matrices."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
@@ -57,6 +63,7 @@ class PresetStep:
         self.model = model
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
         self.forward = torch.compile(model, dynamic=False) if variant.startswith("compile") else model
+        self.autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled="bf16" in variant)
         self.batch_size = batch_size
         started = time.perf_counter()
         self.step()
@@ -65,7 +72,9 @@ class PresetStep:
             self.step()
 
     def step(self) -> None:
-        self.forward(self.pixels).loss.backward()
+        with self.autocast:
+            loss = self.forward(self.pixels).loss
+        loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -95,12 +104,15 @@ def main() -> None:
     variants = list(dict.fromkeys(args.variants + (["compile", "compile_channels_last"] if args.torch_compile else [])))
     rows = []
     peak = matmul_gflops()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32 matmul {peak:.1f} GFLOP/s")
+    with_bf16 = any("bf16" in variant for variant in variants)
+    peak_bf16 = matmul_gflops(dtype=torch.bfloat16) if with_bf16 else None
+    bf16_rate = f", bf16 matmul {peak_bf16:.1f} GFLOP/s" if with_bf16 else ""
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32 matmul {peak:.1f} GFLOP/s{bf16_rate}")
     names = args.presets or sorted(presets())
     width = max(12, *map(len, names))
     print(
-        f"{'preset':<{width}} {'variant':<22} {'samples/s':>10} {'MFLOP/sample':>13} {'GFLOP/s':>8} {'of matmul':>10} "
-        f"{'first step s':>13}"
+        f"{'preset':<{width}} {'variant':<26} {'samples/s':>10} {'MFLOP/sample':>13} {'GFLOP/s':>8} {'of matmul':>10} "
+        f"{'first step s':>13}" + (f" {'of bf16 matmul':>15}" if with_bf16 else "")
     )
     for name in names:
         steps = {variant: PresetStep(name, variant, args.batch_size) for variant in variants}
@@ -110,6 +122,8 @@ def main() -> None:
             for variant in variants:
                 best[variant] = max(best[variant], steps[variant].samples_per_second(args.steps))
             peak = max(peak, matmul_gflops())  # between rounds too: a dip in the machine's speed must not flatter us
+            if with_bf16:
+                peak_bf16 = max(peak_bf16, matmul_gflops(dtype=torch.bfloat16))
         for variant in variants:
             achieved = best[variant] * flops / 1e9
             row = {
@@ -122,20 +136,25 @@ def main() -> None:
                 "fraction_of_matmul": round(achieved / peak, 3),
                 "first_step_seconds": round(steps[variant].first_step_seconds, 2),
             }
+            if "bf16" in variant:
+                row["fraction_of_bf16_matmul"] = round(achieved / peak_bf16, 3)
             rows.append(row)
+            of_bf16 = f" {row['fraction_of_bf16_matmul']:>15.2f}" if "bf16" in variant else ""
             print(
-                f"{name:<{width}} {variant:<22} {row['samples_per_second']:>10.0f} {row['mflop_per_sample']:>13.2f} "
-                f"{row['achieved_gflops']:>8.1f} {row['fraction_of_matmul']:>10.2f} {row['first_step_seconds']:>13.2f}",
+                f"{name:<{width}} {variant:<26} {row['samples_per_second']:>10.0f} {row['mflop_per_sample']:>13.2f} "
+                f"{row['achieved_gflops']:>8.1f} {row['fraction_of_matmul']:>10.2f} {row['first_step_seconds']:>13.2f}"
+                + of_bf16,
                 flush=True,
             )
     peak_after = matmul_gflops()
     print(
         f"fp32 matmul at the end: {peak_after:.1f} GFLOP/s; the ratios use the best rate measured up to their row, "
-        f"finally {peak:.1f} GFLOP/s"
+        f"finally {peak:.1f} GFLOP/s" + (f" (bf16: {peak_bf16:.1f} GFLOP/s)" if with_bf16 else "")
     )
     if args.output:
+        figures = {"matmul_gflops": [peak, peak_after], "bf16_matmul_gflops": peak_bf16, "presets": rows}
         with open(args.output, "w") as handle:
-            json.dump({"matmul_gflops": [peak, peak_after], "presets": rows}, handle, indent=2)
+            json.dump(figures, handle, indent=2)
 
 
 if __name__ == "__main__":

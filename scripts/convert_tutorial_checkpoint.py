@@ -8,7 +8,7 @@ Same as `hf-vae convert`, kept as a script the way transformers ships its `conve
 
 import sys
 
-from hf_vae.cli import main
+from hf_vae.cli import console_main
 
 if __name__ == "__main__":
-    sys.exit(main(["convert", *sys.argv[1:]]))
+    sys.exit(console_main(["convert", *sys.argv[1:]]))

@@ -6,7 +6,7 @@ per-class figures, anomaly scores. The same as `hf-vae evaluate`:
 
 import sys
 
-from hf_vae.cli import main
+from hf_vae.cli import console_main
 
 if __name__ == "__main__":
-    sys.exit(main(["evaluate", *sys.argv[1:]]))
+    sys.exit(console_main(["evaluate", *sys.argv[1:]]))

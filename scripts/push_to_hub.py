@@ -7,7 +7,7 @@ The same as `hf-vae push`:
 
 import sys
 
-from hf_vae.cli import main
+from hf_vae.cli import console_main
 
 if __name__ == "__main__":
-    sys.exit(main(["push", *sys.argv[1:]]))
+    sys.exit(console_main(["push", *sys.argv[1:]]))

@@ -6,7 +6,7 @@ ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 scripts/tra
 
 import sys
 
-from hf_vae.cli import main
+from hf_vae.cli import console_main
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    sys.exit(console_main(["train", *sys.argv[1:]]))

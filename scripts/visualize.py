@@ -6,7 +6,7 @@ training curves) as PNG files. The same as `hf-vae visualize`:
 
 import sys
 
-from hf_vae.cli import main
+from hf_vae.cli import console_main
 
 if __name__ == "__main__":
-    sys.exit(main(["visualize", *sys.argv[1:]]))
+    sys.exit(console_main(["visualize", *sys.argv[1:]]))

@@ -42,14 +42,27 @@ def normalization(kind: str, features: int, spatial: bool) -> nn.Module | None:
 
 
 class VAEDropout(nn.Dropout):
-    """`nn.Dropout` with the mask drawn as `rand >= p` instead of `bernoulli_`: the same distribution, but
-    vectorised on CPU, where `bernoulli_` alone was about 14% of a small model's training step."""
+    """`nn.Dropout` with a mask that is cheaper to draw on a CPU, where `bernoulli_` alone was about 14% of a small
+    model's training step and `rand_like` followed by a comparison about 10%.
+
+    The mask is drawn as 16-bit integers, four from each 64-bit random word, and kept where the integer reaches a
+    threshold: a quarter of the generator calls of one float per element, and float arithmetic only after it
+    (comparisons into bool tensors and bool-to-float casts are several times slower than float products here). The
+    drop probability is therefore a multiple of 1/65536 (0.2 drops with probability 13107/65536 = 0.199997), and
+    kept units are scaled by the inverse of that kept fraction, so the expectation is exactly the input's."""
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return hidden
-        keep = (torch.rand_like(hidden) >= self.p).to(hidden.dtype).mul_(1.0 / (1.0 - self.p))
-        return hidden * keep
+        dropped_levels = round(self.p * 65536)
+        if dropped_levels == 0:
+            return hidden
+        count = hidden.numel()
+        words = torch.empty((count + 3) // 4, dtype=torch.int64, device=hidden.device).random_(-(2**63), None)
+        levels = words.view(torch.int16)[:count].view(hidden.shape).to(torch.float32)  # uniform on -32768..32767
+        # 1 where the level is at least -32768 + dropped_levels, else 0 (the levels are integers), then scaled.
+        keep = levels.sub_(dropped_levels - 32769).clamp_(0.0, 1.0).mul_(65536 / (65536 - dropped_levels))
+        return hidden * keep.to(hidden.dtype)
 
 
 def dropout(probability: float) -> nn.Module:

@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from hf_vae import VAEConfig, VAEModel
+from hf_vae.layers import VAEDropout
 from hf_vae.likelihoods import discretized_logistic_log_prob
 
 ARCHITECTURES = {
@@ -281,6 +282,27 @@ def test_conv_is_sized_from_the_config(image_size, conv_channels, num_channels):
     assert out.logits.shape == pixels.shape and out.mean.shape == (2, 5)
     assert model.sample(3, generator=seeded(0)).shape == (3, num_channels, image_size, image_size)
     assert model.reconstruct(pixels.flatten(1)).shape == pixels.shape
+
+
+def test_dropout_drops_the_rounded_fraction_and_keeps_the_expectation():
+    layer = VAEDropout(0.2).train()
+    hidden = torch.rand(600, 1000, generator=torch.Generator().manual_seed(0)) + 0.5
+    torch.manual_seed(0)
+    out = layer(hidden)
+    dropped = out == 0
+    # p is drawn in steps of 1/65536: 0.2 drops with probability 13107/65536; kept units are scaled by its inverse.
+    drop_probability = 13107 / 65536
+    standard_error = math.sqrt(drop_probability * (1 - drop_probability) / hidden.numel())
+    assert abs(dropped.float().mean().item() - drop_probability) < 5 * standard_error
+    torch.testing.assert_close(out[~dropped], hidden[~dropped] * 65536 / (65536 - 13107))
+    # Each column's kept fraction is uniform too (the four 16-bit draws of a 64-bit word are all used).
+    by_position = dropped.view(-1, 4).float().mean(0)
+    assert (by_position - drop_probability).abs().max() < 5 * standard_error * 2
+    torch.manual_seed(0)
+    assert torch.equal(layer(hidden), out)  # the global generator decides the mask
+    assert torch.equal(layer.eval()(hidden), hidden)
+    assert layer.train()(hidden.bfloat16()).dtype == torch.bfloat16
+    assert torch.equal(VAEDropout(1e-6).train()(hidden), hidden)  # rounds to no level dropped
 
 
 def test_conv_layers_follow_normalization_and_residual_options():

@@ -41,6 +41,10 @@ def normalization(kind: str, features: int, spatial: bool) -> nn.Module | None:
     return None
 
 
+# torch.compiler.is_compiling is torch >= 2.3; before it, compiled code takes the eager path (slower, still correct).
+_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
+
+
 class VAEDropout(nn.Dropout):
     """`nn.Dropout` with a mask that is cheaper to draw on a CPU, where `bernoulli_` alone was about 14% of a small
     model's training step and `rand_like` followed by a comparison about 10%.
@@ -49,11 +53,16 @@ class VAEDropout(nn.Dropout):
     threshold: a quarter of the generator calls of one float per element, and float arithmetic only after it
     (comparisons into bool tensors and bool-to-float casts are several times slower than float products here). The
     drop probability is therefore a multiple of 1/65536 (0.2 drops with probability 13107/65536 = 0.199997), and
-    kept units are scaled by the inverse of that kept fraction, so the expectation is exactly the input's."""
+    kept units are scaled by the inverse of that kept fraction, so the expectation is exactly the input's. Under
+    `torch.compile` the mask is `rand_like(hidden) >= p`, which inductor generates and fuses (1.03-1.11x the eager
+    step of `mnist-2d`, where the words above made the compiled step 0.75x)."""
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return hidden
+        if _is_compiling():  # inductor draws and fuses `rand_like` itself: faster there than the words below
+            keep = (torch.rand_like(hidden) >= self.p).to(hidden.dtype).mul_(1.0 / (1.0 - self.p))
+            return hidden * keep
         dropped_levels = round(self.p * 65536)
         if dropped_levels == 0:
             return hidden

@@ -359,15 +359,15 @@ def _require(condition: bool, message: str) -> None:
 ArgumentTuple = tuple[ModelArguments, DataArguments, TrainingArguments]
 
 # Training options whose default depends on the preset. mnist-2d, 20 epochs, test split (reference-style loss):
-# 150.8 nats with the reference's constant 1e-3; 147.0 / 147.7 (seeds 42 / 0) with 1e-2 and a cosine decay, against
-# the reference's own 148.7.
+# 150.8 nats with the reference's constant 1e-3; 147.0 / 147.7 (seeds 42 / 0) with 1e-2 and a cosine decay at batch
+# 128; 145.4 at batch 256 with 2e-2, against the reference's own 148.7. Batch 256 at 2e-2 (1e-2 at 128, scaled
+# linearly) reaches the same or a lower loss per epoch in about 0.7 of the time on a CPU, where the step's fixed
+# costs are paid per batch (docs/recipes.md, "Whole processes").
 TRAINING_DEFAULTS: dict[str, Any] = {
     "per_device_train_batch_size": 128,
     "learning_rate": 1e-3,
     "lr_scheduler_type": "reduce_lr_on_plateau",
 }
-# mnist-2d: batch 256 at 2e-2 (1e-2 at 128, scaled linearly) reaches the same or a lower loss per epoch as batch 128 in
-# about 0.7 of the time on a CPU, where the step's fixed costs are paid per batch (docs/recipes.md, "mnist-2d").
 PRESET_TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
     "mnist-2d": {"per_device_train_batch_size": 256, "learning_rate": 2e-2, "lr_scheduler_type": "cosine"},
 }

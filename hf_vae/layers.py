@@ -128,6 +128,24 @@ class MLPDecoder(nn.Module):
         return self.layers(latents).view(-1, *self.output_shape)
 
 
+class ConvTranspose2dSeparateBias(nn.ConvTranspose2d):
+    """`nn.ConvTranspose2d` that adds its bias after the convolution, in place, on a CPU.
+
+    oneDNN's backward of a transposed convolution took 2.5x as long with the bias as without it (bf16, channels-last,
+    32 -> 32 channels to 28x28: 7.6 against 3.0 ms), while the bias's own gradient, a sum over the batch and pixels,
+    takes 0.3 ms: the layer runs 1.3-1.75x faster forward and backward this way (1.2-1.5x in fp32). The parameters,
+    their names and the fp32 output are those of `nn.ConvTranspose2d`; under bf16 autocast the bias is added after
+    the product is rounded to bf16. Other devices, and calls with `output_size`, take the parent's path."""
+
+    def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if self.bias is None or output_size is not None or input.device.type != "cpu":
+            return super().forward(input, output_size)
+        output = nn.functional.conv_transpose2d(
+            input, self.weight, None, self.stride, self.padding, self.output_padding, self.groups, self.dilation
+        )
+        return output.add_(self.bias.to(output.dtype).view(1, -1, 1, 1))
+
+
 def conv_norm_activation(channels: int, spec: BlockSpec) -> list[nn.Module]:
     # An Identity stands in for no normalisation so that layer indices (weight names) stay the same.
     return [normalization(spec.normalization, channels, spatial=True) or nn.Identity(), ACTIVATIONS[spec.activation]()]
@@ -254,7 +272,7 @@ class ConvDecoder(nn.Module):
         self.blocks = nn.ModuleList()
         for stage, (in_channels, channels) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
             last = stage == len(conv_channels) - 1
-            self.upsample.append(nn.ConvTranspose2d(in_channels, channels, kernel_size=4, stride=2, padding=1))
+            self.upsample.append(ConvTranspose2dSeparateBias(in_channels, channels, kernel_size=4, stride=2, padding=1))
             residual = [] if last else residual_blocks(channels, num_res_blocks, spec)
             self.blocks.append(nn.Sequential(*conv_norm_activation(channels, spec), *residual))
         self.conv_out = nn.Conv2d(conv_channels[0], out_channels, kernel_size=3, padding=1)
@@ -303,7 +321,7 @@ class ConvGridDecoder(nn.Module):
         layers += [*conv_norm_activation(deepest, spec), *residual_blocks(deepest, num_res_blocks, spec)]
         widths = [*reversed(conv_channels), conv_channels[0]]
         for channels_in, channels in zip(widths[:-1], widths[1:], strict=True):
-            layers += [nn.ConvTranspose2d(channels_in, channels, kernel_size=4, stride=2, padding=1)]
+            layers += [ConvTranspose2dSeparateBias(channels_in, channels, kernel_size=4, stride=2, padding=1)]
             layers += conv_norm_activation(channels, spec)
         layers.append(nn.Conv2d(conv_channels[0], out_channels, kernel_size=3, padding=1))
         self.layers = nn.Sequential(*layers)
@@ -320,6 +338,7 @@ __all__ = [
     "ConvGridDecoder",
     "ConvGridEncoder",
     "ConvGaussianEncoder",
+    "ConvTranspose2dSeparateBias",
     "MLPDecoder",
     "MLPGaussianEncoder",
     "ResidualBlock",

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from hf_vae import VAEConfig, VAEModel
-from hf_vae.layers import VAEDropout
+from hf_vae.layers import ConvTranspose2dSeparateBias, VAEDropout
 from hf_vae.likelihoods import discretized_logistic_log_prob
 
 ARCHITECTURES = {
@@ -303,6 +303,26 @@ def test_dropout_drops_the_rounded_fraction_and_keeps_the_expectation():
     assert torch.equal(layer.eval()(hidden), hidden)
     assert layer.train()(hidden.bfloat16()).dtype == torch.bfloat16
     assert torch.equal(VAEDropout(1e-6).train()(hidden), hidden)  # rounds to no level dropped
+
+
+def test_transposed_convolution_with_its_bias_added_after_equals_torchs():
+    torch.manual_seed(0)
+    reference = nn.ConvTranspose2d(8, 4, kernel_size=4, stride=2, padding=1)
+    layer = ConvTranspose2dSeparateBias(8, 4, kernel_size=4, stride=2, padding=1)
+    layer.load_state_dict(reference.state_dict())  # strict: the same names and shapes
+    assert list(layer.state_dict()) == list(reference.state_dict())
+    inputs = torch.randn(3, 8, 7, 7, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    expected, output = reference(inputs), layer(inputs)
+    torch.testing.assert_close(output, expected, rtol=0, atol=1e-6)
+    upstream = torch.randn(expected.shape, generator=torch.Generator().manual_seed(2))
+    expected_grads = torch.autograd.grad(expected, [inputs, reference.weight, reference.bias], upstream)
+    grads = torch.autograd.grad(output, [inputs, layer.weight, layer.bias], upstream)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-4)
+    channels_last = inputs.detach().to(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(layer(channels_last).float(), expected.detach(), rtol=0.02, atol=0.05)
+    torch.testing.assert_close(layer(inputs, output_size=[14, 14]), expected)  # the parent's path
 
 
 def test_conv_layers_follow_normalization_and_residual_options():

@@ -36,6 +36,9 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 
+# torch.compiler.is_compiling is torch >= 2.3; before it, compiled forwards keep the range check (and its graph breaks).
+_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
+
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 # `from_pretrained` keywords that only say where and how to read a folder (no config overrides): with only these, the
 # weights' shapes can be checked against the config before loading.
@@ -382,7 +385,8 @@ class HfVaePreTrainedModel(PreTrainedModel):
         """Check shape, dtype and range, accept a flat (B, C*H*W) or channel-less (B, H, W) batch, cast to the
         model's dtype. Errors name the expected shape, because a silently broadcast batch trains garbage. The range
         check reads two numbers back from the device, so it is skipped while training on an accelerator (the
-        training loop's pixels are in [0, 1] by construction)."""
+        training loop's pixels are in [0, 1] by construction), and under `torch.compile`, where its data-dependent
+        branches split the compiled forward into six graphs."""
         config = self.config
         expected = (config.num_channels, config.image_size, config.image_size)
         num_pixels = math.prod(expected)
@@ -402,7 +406,7 @@ class HfVaePreTrainedModel(PreTrainedModel):
                 f"pixel_values must be a float tensor with values in [0, 1], got dtype {pixel_values.dtype}; "
                 "scale uint8 images with `images.float() / 255`."
             )
-        if not (self.training and pixel_values.device.type != "cpu"):
+        if not (self.training and pixel_values.device.type != "cpu") and not _is_compiling():
             low, high = torch.aminmax(pixel_values.detach())
             if torch.isnan(low) or torch.isnan(high):
                 raise ValueError("pixel_values contains NaN; check the data pipeline (pixels must be floats in [0, 1])")

@@ -325,6 +325,19 @@ def test_transposed_convolution_with_its_bias_added_after_equals_torchs():
     torch.testing.assert_close(layer(inputs, output_size=[14, 14]), expected)  # the parent's path
 
 
+@pytest.mark.parametrize("architecture", ["mlp", "conv"])
+def test_the_training_forward_compiles_to_one_graph(architecture):
+    # The eager range check of the pixels reads values back; under torch.compile it is skipped, so that dynamo does
+    # not split the forward into six graphs (each a cache lookup, and no fusion across them).
+    torch.manual_seed(0)
+    model = VAEModel(VAEConfig(**ARCHITECTURES[architecture], latent_dim=2)).train()
+    pixels = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    explanation = torch._dynamo.explain(model)(pixels)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        model(pixels * 2)  # eager calls still check
+
+
 def test_conv_layers_follow_normalization_and_residual_options():
     def layer_types(**overrides) -> set[type]:
         config = VAEConfig(architecture="conv", conv_channels=[4, 8], latent_dim=2, **overrides)

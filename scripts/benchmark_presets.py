@@ -116,6 +116,10 @@ def main() -> None:
     )
     for name in names:
         steps = {variant: PresetStep(name, variant, args.batch_size) for variant in variants}
+        # Counting FLOPs runs one eager fp32 forward and backward first. That also raises glibc's mmap threshold to
+        # the model's largest activations, as the training loop's first steps and validation do; without it a fresh
+        # process maps and faults them afresh every step (mnist-conv's compiled bf16 step: 3,500-3,800 against
+        # 4,500-5,100 samples/s; docs/recipes.md, "glibc's allocator").
         flops = steps[variants[0]].flops_per_sample()
         best = dict.fromkeys(variants, 0.0)
         for _ in range(args.rounds):

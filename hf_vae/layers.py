@@ -41,8 +41,9 @@ def normalization(kind: str, features: int, spatial: bool) -> nn.Module | None:
     return None
 
 
-# torch.compiler.is_compiling is torch >= 2.3; before it, compiled code takes the eager path (slower, still correct).
-_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
+# Whether torch.compile is tracing the caller: torch >= 2.3 says so; before it, compiled code takes the eager paths
+# (slower, still correct).
+is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 
 
 class VAEDropout(nn.Dropout):
@@ -60,7 +61,7 @@ class VAEDropout(nn.Dropout):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return hidden
-        if _is_compiling():  # inductor draws and fuses `rand_like` itself: faster there than the words below
+        if is_compiling():  # inductor draws and fuses `rand_like` itself: faster there than the words below
             keep = (torch.rand_like(hidden) >= self.p).to(hidden.dtype).mul_(1.0 / (1.0 - self.p))
             return hidden * keep
         dropped_levels = round(self.p * 65536)
@@ -344,6 +345,7 @@ __all__ = [
     "ResidualBlock",
     "VAEDropout",
     "conv_stages",
+    "is_compiling",
     "mlp_layers",
     "normalization",
 ]

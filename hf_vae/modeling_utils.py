@@ -36,8 +36,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 
-# torch.compiler.is_compiling is torch >= 2.3; before it, compiled forwards keep the range check (and its graph breaks).
-_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
+from .layers import is_compiling
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 # `from_pretrained` keywords that only say where and how to read a folder (no config overrides): with only these, the
@@ -406,7 +405,7 @@ class HfVaePreTrainedModel(PreTrainedModel):
                 f"pixel_values must be a float tensor with values in [0, 1], got dtype {pixel_values.dtype}; "
                 "scale uint8 images with `images.float() / 255`."
             )
-        if not (self.training and pixel_values.device.type != "cpu") and not _is_compiling():
+        if not (self.training and pixel_values.device.type != "cpu") and not is_compiling():
             low, high = torch.aminmax(pixel_values.detach())
             if torch.isnan(low) or torch.isnan(high):
                 raise ValueError("pixel_values contains NaN; check the data pipeline (pixels must be floats in [0, 1])")
